@@ -279,12 +279,17 @@ mod tests {
         assert_eq!(GEAR[0], GOLDEN_GEAR0, "gear table changed");
         let data = noise(2 * 1024 * 1024, 42);
         let c = cuts(&data);
-        let lens: Vec<usize> = c.iter().scan(0, |p, &e| {
-            let l = e - *p;
-            *p = e;
-            Some(l)
-        }).collect();
-        let digest = blake3::hash(format!("{lens:?}").as_bytes()).to_hex().to_string();
+        let lens: Vec<usize> = c
+            .iter()
+            .scan(0, |p, &e| {
+                let l = e - *p;
+                *p = e;
+                Some(l)
+            })
+            .collect();
+        let digest = blake3::hash(format!("{lens:?}").as_bytes())
+            .to_hex()
+            .to_string();
         assert_eq!(c.len(), GOLDEN_COUNT, "chunk count changed: {lens:?}");
         assert_eq!(&lens[..4], &GOLDEN_FIRST, "first chunk lengths changed");
         assert_eq!(digest, GOLDEN_DIGEST, "chunk boundaries changed");

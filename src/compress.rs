@@ -78,7 +78,10 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, De
     match codec {
         Codec::Raw => {
             if stored.len() != raw_len {
-                return Err(DecodeError::RawLength { stored: stored.len(), raw: raw_len });
+                return Err(DecodeError::RawLength {
+                    stored: stored.len(),
+                    raw: raw_len,
+                });
             }
             Ok(stored.to_vec())
         }
@@ -86,9 +89,13 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, De
             let mut out = vec![0u8; raw_len];
             // The buffer is the bound: a frame that decodes to more than the
             // recorded length fails here instead of allocating further.
-            let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..]).map_err(DecodeError::Zstd)?;
+            let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..])
+                .map_err(DecodeError::Zstd)?;
             if n != raw_len {
-                return Err(DecodeError::Length { got: n, want: raw_len });
+                return Err(DecodeError::Length {
+                    got: n,
+                    want: raw_len,
+                });
             }
             Ok(out)
         }

@@ -58,7 +58,9 @@ impl Id {
             let lo = (pair[1] as char).to_digit(16);
             match (hi, lo) {
                 // Only lower-case hex is canonical: one id, one spelling.
-                (Some(h), Some(l)) if !pair[0].is_ascii_uppercase() && !pair[1].is_ascii_uppercase() => {
+                (Some(h), Some(l))
+                    if !pair[0].is_ascii_uppercase() && !pair[1].is_ascii_uppercase() =>
+                {
                     out[i] = (h * 16 + l) as u8
                 }
                 _ => return Err(ParseIdError(hex.to_string())),

@@ -83,7 +83,10 @@ pub fn encode(packs: &[Id], entries: &mut [Entry]) -> Vec<u8> {
         let ordinal = if packs.is_empty() {
             0
         } else {
-            packs.iter().position(|p| *p == e.pack).expect("entry's pack is in the pack table") as u32
+            packs
+                .iter()
+                .position(|p| *p == e.pack)
+                .expect("entry's pack is in the pack table") as u32
         };
         out.extend_from_slice(&e.id.0);
         out.extend_from_slice(&ordinal.to_le_bytes());
@@ -123,7 +126,11 @@ impl<B: AsRef<[u8]>> Table<B> {
         let count = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
         let want = (npacks as u64)
             .checked_mul(32)
-            .and_then(|p| count.checked_mul(ENTRY as u64).and_then(|e| e.checked_add(p)))
+            .and_then(|p| {
+                count
+                    .checked_mul(ENTRY as u64)
+                    .and_then(|e| e.checked_add(p))
+            })
             .and_then(|n| n.checked_add((HEADER + CHECKSUM) as u64));
         if want != Some(b.len() as u64) {
             return Err(TableError::Header);
@@ -132,10 +139,19 @@ impl<B: AsRef<[u8]>> Table<B> {
             return Err(TableError::Checksum);
         }
         let packs = (0..npacks)
-            .map(|i| Id(b[HEADER + i * 32..HEADER + i * 32 + 32].try_into().expect("32 bytes")))
+            .map(|i| {
+                Id(b[HEADER + i * 32..HEADER + i * 32 + 32]
+                    .try_into()
+                    .expect("32 bytes"))
+            })
             .collect();
         let entries_at = HEADER + npacks * 32;
-        let table = Table { bytes, packs, count, entries_at };
+        let table = Table {
+            bytes,
+            packs,
+            count,
+            entries_at,
+        };
         if verify {
             let mut prev: Option<(Id, Kind)> = None;
             for i in 0..count {
@@ -228,7 +244,9 @@ mod tests {
     #[test]
     fn lookup_finds_every_entry_and_nothing_else() {
         let packs = [Id::of_chunk(b"p1"), Id::of_chunk(b"p2")];
-        let mut entries: Vec<Entry> = (0..200u8).map(|n| entry(n, packs[(n % 2) as usize])).collect();
+        let mut entries: Vec<Entry> = (0..200u8)
+            .map(|n| entry(n, packs[(n % 2) as usize]))
+            .collect();
         let bytes = encode(&packs, &mut entries.clone());
         let t = Table::parse(bytes, true).unwrap();
         assert_eq!(t.len(), 200);
@@ -243,7 +261,10 @@ mod tests {
         let mut entries = vec![entry(1, Id::default())];
         let mut bytes = encode(&[], &mut entries);
         bytes[30] ^= 1;
-        assert!(matches!(Table::parse(&bytes[..], true), Err(TableError::Checksum)));
+        assert!(matches!(
+            Table::parse(&bytes[..], true),
+            Err(TableError::Checksum)
+        ));
         assert!(Table::parse(&bytes[..bytes.len() - 1], false).is_err());
     }
 }

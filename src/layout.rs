@@ -50,7 +50,10 @@ pub fn safetensors_header_len(head: &[u8]) -> Option<u64> {
 /// disk with the same bytes does: the file id depends on content only. The
 /// tensor table is kept only when the header describes the file exactly.
 pub fn detect(head: &[u8], file_size: u64) -> Layout {
-    let mut layout = Layout { segments: Vec::new(), tensors: Vec::new() };
+    let mut layout = Layout {
+        segments: Vec::new(),
+        tensors: Vec::new(),
+    };
     if let Some((header_len, tensors, data_len)) = parse_safetensors(head) {
         layout.segments.push(header_len);
         for t in &tensors {

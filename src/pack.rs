@@ -47,11 +47,20 @@ pub enum PackError {
     #[error("pack {path} is corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
     #[error("record {id} at offset {offset} of pack {path} is corrupt: {what}")]
-    Record { path: PathBuf, id: Id, offset: u64, what: String },
+    Record {
+        path: PathBuf,
+        id: Id,
+        offset: u64,
+        what: String,
+    },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PackError + 'a {
-    move |source| PackError::Io { op, path: path.to_path_buf(), source }
+    move |source| PackError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Largest raw length a record of `kind` may claim (invariant I6).
@@ -96,7 +105,9 @@ impl PackWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), PackError> {
-        self.out.write_all(bytes).map_err(io("write", self.tmp.path()))?;
+        self.out
+            .write_all(bytes)
+            .map_err(io("write", self.tmp.path()))?;
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
         Ok(())
@@ -113,7 +124,14 @@ impl PackWriter {
 
     /// Append one record. `stored` is the encoded payload (`raw` itself when
     /// the codec is raw).
-    pub fn append(&mut self, kind: Kind, id: Id, codec: Codec, raw_len: usize, stored: &[u8]) -> Result<(), PackError> {
+    pub fn append(
+        &mut self,
+        kind: Kind,
+        id: Id,
+        codec: Codec,
+        raw_len: usize,
+        stored: &[u8],
+    ) -> Result<(), PackError> {
         let mut h = [0u8; RECORD_HEADER];
         h[0] = kind as u8;
         h[1] = codec as u8;
@@ -146,7 +164,10 @@ impl PackWriter {
         trailer.extend_from_slice(END_MAGIC);
         self.write(&trailer)?;
         self.out.flush().map_err(io("write", self.tmp.path()))?;
-        self.tmp.as_file().sync_all().map_err(io("fsync", self.tmp.path()))?;
+        self.tmp
+            .as_file()
+            .sync_all()
+            .map_err(io("fsync", self.tmp.path()))?;
         let id = Id(*self.hasher.finalize().as_bytes());
         let dest = packs_dir.join(format!("{}.pack", id.to_hex()));
         self.tmp.persist(&dest).map_err(|e| PackError::Io {
@@ -155,7 +176,11 @@ impl PackWriter {
             source: e.error,
         })?;
         durable::sync_dir(packs_dir).map_err(io("fsync", packs_dir))?;
-        let entries = self.entries.into_iter().map(|e| Entry { pack: id, ..e }).collect();
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|e| Entry { pack: id, ..e })
+            .collect();
         Ok((id, entries))
     }
 }
@@ -171,19 +196,34 @@ impl PackFile {
     pub fn open(path: &Path) -> Result<PackFile, PackError> {
         let file = File::open(path).map_err(io("open pack", path))?;
         let len = file.metadata().map_err(io("stat pack", path))?.len();
-        Ok(PackFile { path: path.to_path_buf(), file, len })
+        Ok(PackFile {
+            path: path.to_path_buf(),
+            file,
+            len,
+        })
     }
 
     fn corrupt(&self, what: impl Into<String>) -> PackError {
-        PackError::Corrupt { path: self.path.clone(), what: what.into() }
+        PackError::Corrupt {
+            path: self.path.clone(),
+            what: what.into(),
+        }
     }
 
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, PackError> {
-        if offset.checked_add(len as u64).is_none_or(|end| end > self.len) {
-            return Err(self.corrupt(format!("range {offset}+{len} is past the end ({} bytes)", self.len)));
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(self.corrupt(format!(
+                "range {offset}+{len} is past the end ({} bytes)",
+                self.len
+            )));
         }
         let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, offset).map_err(io("read pack", &self.path))?;
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(io("read pack", &self.path))?;
         Ok(buf)
     }
 
@@ -210,7 +250,8 @@ impl PackFile {
         }
         let footer_at = self.len - TRAILER - flen;
         let bytes = self.read_at(footer_at, flen as usize)?;
-        let table = index::Table::parse(bytes, true).map_err(|e| self.corrupt(format!("footer: {e}")))?;
+        let table =
+            index::Table::parse(bytes, true).map_err(|e| self.corrupt(format!("footer: {e}")))?;
         let mut out = Vec::with_capacity(table.len() as usize);
         for e in table.iter() {
             let e = e.ok_or_else(|| self.corrupt("footer entry is malformed"))?;
@@ -226,7 +267,12 @@ impl PackFile {
     /// Read, decode and verify one record. Chunks are checked against their
     /// id here; recipes are checked by [`crate::recipe::Recipe::decode`].
     pub fn read_record(&self, e: &Entry) -> Result<Vec<u8>, PackError> {
-        let bad = |what: String| PackError::Record { path: self.path.clone(), id: e.id, offset: e.offset, what };
+        let bad = |what: String| PackError::Record {
+            path: self.path.clone(),
+            id: e.id,
+            offset: e.offset,
+            what,
+        };
         if e.raw_len > max_raw(e.kind) {
             return Err(bad(format!("raw length {} exceeds the limit", e.raw_len)));
         }
@@ -241,7 +287,8 @@ impl PackFile {
         {
             return Err(bad("record header does not match the index".into()));
         }
-        let raw = compress::decode(e.codec, payload, e.raw_len as usize).map_err(|err| bad(err.to_string()))?;
+        let raw = compress::decode(e.codec, payload, e.raw_len as usize)
+            .map_err(|err| bad(err.to_string()))?;
         if e.kind == Kind::Chunk && Id::of_chunk(&raw) != e.id {
             return Err(bad("bytes do not hash to the chunk id".into()));
         }
@@ -260,9 +307,11 @@ mod tests {
         let a = vec![5u8; 70_000];
         let (codec, stored) = compress::encode(&a);
         let stored = stored.unwrap_or_else(|| a.clone());
-        w.append(Kind::Chunk, Id::of_chunk(&a), codec, a.len(), &stored).unwrap();
+        w.append(Kind::Chunk, Id::of_chunk(&a), codec, a.len(), &stored)
+            .unwrap();
         let b = b"raw bytes".to_vec();
-        w.append(Kind::Chunk, Id::of_chunk(&b), Codec::Raw, b.len(), &b).unwrap();
+        w.append(Kind::Chunk, Id::of_chunk(&b), Codec::Raw, b.len(), &b)
+            .unwrap();
         let (id, entries) = w.finish(dir.path()).unwrap();
         let path = dir.path().join(format!("{}.pack", id.to_hex()));
         assert_eq!(Id::of_chunk(&std::fs::read(&path).unwrap()), id);

@@ -50,7 +50,9 @@ impl Pointer {
             return Err(bad("longer than any pointer"));
         }
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
-        let body = text.strip_suffix('\n').ok_or_else(|| bad("missing final newline"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("missing final newline"))?;
         let lines: Vec<&str> = body.split('\n').collect();
         let [version, oid, size] = lines[..] else {
             return Err(bad("expected exactly three lines: version, oid, size"));
@@ -63,11 +65,18 @@ impl Pointer {
             .ok_or_else(|| bad("second line must be `oid b3:<64 hex>`"))?
             .parse::<Id>()
             .map_err(|e| bad(&e.to_string()))?;
-        let size_text = size.strip_prefix("size ").ok_or_else(|| bad("third line must be `size <bytes>`"))?;
-        if size_text.is_empty() || !size_text.bytes().all(|b| b.is_ascii_digit()) || (size_text.len() > 1 && size_text.starts_with('0')) {
+        let size_text = size
+            .strip_prefix("size ")
+            .ok_or_else(|| bad("third line must be `size <bytes>`"))?;
+        if size_text.is_empty()
+            || !size_text.bytes().all(|b| b.is_ascii_digit())
+            || (size_text.len() > 1 && size_text.starts_with('0'))
+        {
             return Err(bad("size must be a decimal number without leading zeros"));
         }
-        let size = size_text.parse::<u64>().map_err(|_| bad("size out of range"))?;
+        let size = size_text
+            .parse::<u64>()
+            .map_err(|_| bad("size out of range"))?;
         Ok(Pointer { id, size })
     }
 }
@@ -78,13 +87,20 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let p = Pointer { id: Id::of_chunk(b"x"), size: 42 };
+        let p = Pointer {
+            id: Id::of_chunk(b"x"),
+            size: 42,
+        };
         assert_eq!(Pointer::parse(p.encode().as_bytes()), Ok(p));
     }
 
     #[test]
     fn hand_edits_are_malformed_not_guessed() {
-        let p = Pointer { id: Id::of_chunk(b"x"), size: 42 }.encode();
+        let p = Pointer {
+            id: Id::of_chunk(b"x"),
+            size: 42,
+        }
+        .encode();
         assert_eq!(Pointer::parse(b"hello"), Err(PointerError::NotAPointer));
         for bad in [
             p.replace("size 42", "size 042"),
@@ -94,7 +110,13 @@ mod tests {
             format!("{p}extra\n"),
             p.replace("lode/1", "lode/2"),
         ] {
-            assert!(matches!(Pointer::parse(bad.as_bytes()), Err(PointerError::Malformed(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    Pointer::parse(bad.as_bytes()),
+                    Err(PointerError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -100,14 +100,19 @@ impl Recipe {
             if rest.len() != 4 + len {
                 return Err(Malformed("tensor table length does not match"));
             }
-            serde_json::from_slice(&rest[4..]).map_err(|_| Malformed("tensor table is not valid JSON"))?
+            serde_json::from_slice(&rest[4..])
+                .map_err(|_| Malformed("tensor table is not valid JSON"))?
         } else {
             if !rest.is_empty() {
                 return Err(Malformed("trailing bytes"));
             }
             Vec::new()
         };
-        let recipe = Recipe { size, chunks, tensors };
+        let recipe = Recipe {
+            size,
+            chunks,
+            tensors,
+        };
         let got = recipe.file_id();
         if got != *id {
             return Err(RecipeError::Mismatch { want: *id, got });
@@ -138,14 +143,23 @@ mod tests {
         let r = Recipe {
             size: 5,
             chunks: vec![(Id::of_chunk(b"ab"), 2), (Id::of_chunk(b"cde"), 3)],
-            tensors: vec![Tensor { name: "w".into(), dtype: "F16".into(), shape: vec![1], start: 0, end: 2 }],
+            tensors: vec![Tensor {
+                name: "w".into(),
+                dtype: "F16".into(),
+                shape: vec![1],
+                start: 0,
+                end: 2,
+            }],
         };
         let id = r.file_id();
         let bytes = r.encode();
         assert_eq!(Recipe::decode(&bytes, &id).unwrap(), r);
         let mut bad = bytes.clone();
         bad[20] ^= 1; // a chunk id bit
-        assert!(matches!(Recipe::decode(&bad, &id), Err(RecipeError::Mismatch { .. })));
+        assert!(matches!(
+            Recipe::decode(&bad, &id),
+            Err(RecipeError::Mismatch { .. })
+        ));
         let mut huge = bytes;
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Recipe::decode(&huge, &id).is_err());

@@ -68,8 +68,15 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The outcome of ingesting one file.
@@ -120,7 +127,10 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             tables: RwLock::new(Vec::new()),
-            pending: Mutex::new(Pending { writer: None, ids: HashSet::new() }),
+            pending: Mutex::new(Pending {
+                writer: None,
+                ids: HashSet::new(),
+            }),
             packs: Mutex::new(HashMap::new()),
         };
         store.load_tables()?;
@@ -148,7 +158,13 @@ impl Store {
     }
 
     fn contains(&self, id: &Id) -> bool {
-        self.lookup(id).is_some() || self.pending.lock().expect("pack lock poisoned").ids.contains(id)
+        self.lookup(id).is_some()
+            || self
+                .pending
+                .lock()
+                .expect("pack lock poisoned")
+                .ids
+                .contains(id)
     }
 
     /// Whether the file's recipe is here (its chunks are then too: a recipe
@@ -160,12 +176,20 @@ impl Store {
     /// Every pack id the index knows, and every entry (for fsck and du).
     pub fn index_entries(&self) -> Vec<Entry> {
         let tables = self.tables.read().expect("index lock poisoned");
-        tables.iter().flat_map(|(_, t)| t.iter().flatten().collect::<Vec<_>>()).collect()
+        tables
+            .iter()
+            .flat_map(|(_, t)| t.iter().flatten().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Paths of the loaded index tables.
     pub fn table_paths(&self) -> Vec<PathBuf> {
-        self.tables.read().expect("index lock poisoned").iter().map(|(p, _)| p.clone()).collect()
+        self.tables
+            .read()
+            .expect("index lock poisoned")
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     fn append(&self, kind: Kind, id: Id, raw: &[u8]) -> Result<bool> {
@@ -225,10 +249,17 @@ impl Store {
     pub fn merge_tables(&self) -> Result<()> {
         let old = self.table_paths();
         let mut entries = self.index_entries();
-        let mut packs: Vec<Id> = entries.iter().map(|e| e.pack).collect::<HashSet<_>>().into_iter().collect();
+        let mut packs: Vec<Id> = entries
+            .iter()
+            .map(|e| e.pack)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         packs.sort();
         let bytes = index::encode(&packs, &mut entries);
-        let path = self.index_dir().join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
+        let path = self
+            .index_dir()
+            .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
         durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
         for p in old.iter().filter(|p| **p != path) {
             std::fs::remove_file(p).map_err(io_err("remove merged index table", p))?;
@@ -254,7 +285,9 @@ impl Store {
             }
         }
         let bytes = index::encode(&packs, &mut entries);
-        let path = self.index_dir().join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
+        let path = self
+            .index_dir()
+            .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
         durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
         for p in self.table_paths().iter().filter(|p| **p != path) {
             std::fs::remove_file(p).map_err(io_err("remove old index table", p))?;
@@ -289,7 +322,13 @@ impl Store {
     }
 
     /// Ingest chunks of `data` cut at `ends`, then the recipe.
-    fn ingest_cut(&self, data: &[u8], ends: &[usize], tensors: Vec<layout::Tensor>, progress: &(dyn Fn(u64) + Sync)) -> Result<Ingested> {
+    fn ingest_cut(
+        &self,
+        data: &[u8],
+        ends: &[usize],
+        tensors: Vec<layout::Tensor>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Ingested> {
         let starts: Vec<usize> = std::iter::once(0).chain(ends.iter().copied()).collect();
         let results: Vec<(Id, u32, bool)> = starts
             .par_windows(2)
@@ -308,7 +347,11 @@ impl Store {
             tensors,
         };
         let id = self.store_recipe(&recipe)?;
-        Ok(Ingested { id, size: recipe.size, new_bytes })
+        Ok(Ingested {
+            id,
+            size: recipe.size,
+            new_bytes,
+        })
     }
 
     fn store_recipe(&self, recipe: &Recipe) -> Result<Id> {
@@ -319,10 +362,8 @@ impl Store {
 
     /// Ingest bytes already in memory.
     pub fn ingest_bytes(&self, data: &[u8]) -> Result<Ingested> {
-        let layout = layout::detect(data, data.len() as u64);
-        let segments: Vec<usize> = layout.segments.iter().map(|&s| s as usize).collect();
-        let ends = chunk::cuts_segmented(data, &segments);
-        self.ingest_cut(data, &ends, layout.tensors, &|_| {})
+        let (ends, tensors) = plan(data);
+        self.ingest_cut(data, &ends, tensors, &|_| {})
     }
 
     /// Ingest a file on disk, chunking it in parallel. The file is checked
@@ -330,8 +371,14 @@ impl Store {
     /// (its chunks stay stored and are reused by the next attempt).
     pub fn ingest_file(&self, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<Ingested> {
         let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::Vanished { path: path.to_path_buf() },
-            _ => StoreError::Io { op: "open", path: path.to_path_buf(), source: e },
+            std::io::ErrorKind::NotFound => StoreError::Vanished {
+                path: path.to_path_buf(),
+            },
+            _ => StoreError::Io {
+                op: "open",
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
         let before = file.metadata().map_err(io_err("stat", path))?;
         let ingested = if before.len() == 0 {
@@ -345,18 +392,28 @@ impl Store {
             // every change that does not truncate.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("map", path))?;
             let _ = map.advise(memmap2::Advice::Sequential);
-            let layout = layout::detect(&map, map.len() as u64);
-            let segments: Vec<usize> = layout.segments.iter().map(|&s| s as usize).collect();
-            let ends = chunk::cuts_segmented(&map, &segments);
-            self.ingest_cut(&map, &ends, layout.tensors, progress)?
+            let (ends, tensors) = plan(&map);
+            self.ingest_cut(&map, &ends, tensors, progress)?
         };
         let after = std::fs::metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::Vanished { path: path.to_path_buf() },
-            _ => StoreError::Io { op: "stat", path: path.to_path_buf(), source: e },
+            std::io::ErrorKind::NotFound => StoreError::Vanished {
+                path: path.to_path_buf(),
+            },
+            _ => StoreError::Io {
+                op: "stat",
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
         use std::os::unix::fs::MetadataExt;
-        if after.len() != before.len() || after.mtime_nsec() != before.mtime_nsec() || after.mtime() != before.mtime() || after.ino() != before.ino() {
-            return Err(StoreError::Changed { path: path.to_path_buf() });
+        if after.len() != before.len()
+            || after.mtime_nsec() != before.mtime_nsec()
+            || after.mtime() != before.mtime()
+            || after.ino() != before.ino()
+        {
+            return Err(StoreError::Changed {
+                path: path.to_path_buf(),
+            });
         }
         Ok(ingested)
     }
@@ -375,12 +432,17 @@ impl Store {
         }
         let cuts = layout::stream_cuts(&head);
         let head_for_layout = head.clone();
-        let mut chunker = chunk::StreamChunker::new(std::io::Read::chain(std::io::Cursor::new(head), reader), cuts);
+        let mut chunker = chunk::StreamChunker::new(
+            std::io::Read::chain(std::io::Cursor::new(head), reader),
+            cuts,
+        );
         let mut chunks = Vec::new();
         let mut size = 0u64;
         let mut new_bytes = 0u64;
         loop {
-            let batch = chunker.next_batch(16 << 20).map_err(io_err("read", stdin_path))?;
+            let batch = chunker
+                .next_batch(16 << 20)
+                .map_err(io_err("read", stdin_path))?;
             if batch.is_empty() {
                 break;
             }
@@ -400,9 +462,17 @@ impl Store {
             }
         }
         let tensors = layout::detect(&head_for_layout, size).tensors;
-        let recipe = Recipe { size, chunks, tensors };
+        let recipe = Recipe {
+            size,
+            chunks,
+            tensors,
+        };
         let id = self.store_recipe(&recipe)?;
-        Ok(Ingested { id, size, new_bytes })
+        Ok(Ingested {
+            id,
+            size,
+            new_bytes,
+        })
     }
 
     fn pack(&self, id: &Id) -> Result<Arc<PackFile>> {
@@ -419,9 +489,16 @@ impl Store {
     fn read_entry(&self, id: &Id, kind: Kind, what: &'static str) -> Result<Vec<u8>> {
         let entry = match self.lookup(id) {
             Some(e) => e,
-            None if self.pending.lock().expect("pack lock poisoned").ids.contains(id) => {
+            None if self
+                .pending
+                .lock()
+                .expect("pack lock poisoned")
+                .ids
+                .contains(id) =>
+            {
                 self.flush()?;
-                self.lookup(id).ok_or(StoreError::Missing { what, id: *id })?
+                self.lookup(id)
+                    .ok_or(StoreError::Missing { what, id: *id })?
             }
             None => return Err(StoreError::Missing { what, id: *id }),
         };
@@ -447,7 +524,10 @@ impl Store {
         let recipe = self.recipe(id)?;
         let out_path = Path::new("<output>");
         for batch in recipe.chunks.chunks(READ_BATCH) {
-            let bytes: Vec<Vec<u8>> = batch.par_iter().map(|(cid, _)| self.chunk(cid)).collect::<Result<_>>()?;
+            let bytes: Vec<Vec<u8>> = batch
+                .par_iter()
+                .map(|(cid, _)| self.chunk(cid))
+                .collect::<Result<_>>()?;
             for b in bytes {
                 out.write_all(&b).map_err(io_err("write", out_path))?;
             }
@@ -459,14 +539,18 @@ impl Store {
     /// there), chunks decoded and written in parallel.
     pub fn materialize(&self, id: &Id, dest: &Path) -> Result<u64> {
         let recipe = self.recipe(id)?;
-        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()
             .prefix(".lode-")
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(io_err("create temporary file in", dir))?;
         let file = tmp.as_file();
-        file.set_len(recipe.size).map_err(io_err("extend", tmp.path()))?;
+        file.set_len(recipe.size)
+            .map_err(io_err("extend", tmp.path()))?;
         let offsets = recipe.offsets();
         recipe
             .chunks
@@ -474,14 +558,54 @@ impl Store {
             .zip(offsets.par_iter())
             .try_for_each(|((cid, _), &at)| {
                 let bytes = self.chunk(cid)?;
-                file.write_all_at(&bytes, at).map_err(io_err("write", tmp.path()))
+                file.write_all_at(&bytes, at)
+                    .map_err(io_err("write", tmp.path()))
             })?;
         if let Ok(meta) = std::fs::metadata(dest) {
             let _ = std::fs::set_permissions(tmp.path(), meta.permissions());
         }
-        tmp.persist(dest).map_err(|e| StoreError::Io { op: "rename into", path: dest.to_path_buf(), source: e.error })?;
+        tmp.persist(dest).map_err(|e| StoreError::Io {
+            op: "rename into",
+            path: dest.to_path_buf(),
+            source: e.error,
+        })?;
         Ok(recipe.size)
     }
+}
+
+/// Where `data` is cut (chunk end offsets) and its tensor table.
+fn plan(data: &[u8]) -> (Vec<usize>, Vec<layout::Tensor>) {
+    let layout = layout::detect(data, data.len() as u64);
+    let segments: Vec<usize> = layout.segments.iter().map(|&s| s as usize).collect();
+    (chunk::cuts_segmented(data, &segments), layout.tensors)
+}
+
+/// The recipe of `data` (and so its file id), without storing anything.
+pub fn identify(data: &[u8]) -> Recipe {
+    let (ends, tensors) = plan(data);
+    let starts: Vec<usize> = std::iter::once(0).chain(ends.iter().copied()).collect();
+    let chunks = starts
+        .par_windows(2)
+        .map(|w| (Id::of_chunk(&data[w[0]..w[1]]), (w[1] - w[0]) as u32))
+        .collect();
+    Recipe {
+        size: data.len() as u64,
+        chunks,
+        tensors,
+    }
+}
+
+/// The recipe of a file on disk, without storing anything.
+pub fn identify_file(path: &Path) -> Result<Recipe> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let len = file.metadata().map_err(io_err("stat", path))?.len();
+    if len == 0 {
+        return Ok(identify(&[]));
+    }
+    // SAFETY: read-only map used only within this call; see ingest_file
+    // for what a concurrent truncation does.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("map", path))?;
+    Ok(identify(&map))
 }
 
 fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -503,7 +627,10 @@ fn map_table(path: &Path) -> Result<Mapped> {
     // replaced by new files, never rewritten), so the mapped bytes do not
     // change under us; a table removed by a merge stays mapped until dropped.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("map index table", path))?;
-    Table::parse(map, false).map_err(|source| StoreError::Index { path: path.to_path_buf(), source })
+    Table::parse(map, false).map_err(|source| StoreError::Index {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,180 @@
+//! `lode add`: store files in parallel, then stage them with git.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use rayon::prelude::*;
+
+use super::{Ctx, Outcome, human, repo_relative, setup};
+use crate::statcache::{Stamp, StatCache};
+
+/// Store files in lode and stage them for the next commit.
+///
+/// Files are chunked, deduplicated and compressed in parallel (across
+/// files, and within each large file); directories are added recursively.
+/// A path that no .gitattributes pattern routes to lode yet is tracked by
+/// its exact name first. Then `git add` stages the pointers: it finds each
+/// file in the stat cache and does not read it again.
+///
+/// If any file fails (vanished, changed while read, disk full), nothing is
+/// staged; what was stored stays and is reused by the next attempt.
+#[derive(Args)]
+pub struct AddArgs {
+    /// Files or directories to add.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
+    let (repo, store) = ctx.open()?;
+    let mut files: Vec<String> = Vec::new();
+    for arg in &args.paths {
+        let rel = repo_relative(&repo, &ctx.cwd, arg)?;
+        let abs = repo.workdir.join(&rel);
+        let meta = std::fs::symlink_metadata(&abs)
+            .with_context(|| format!("{} does not exist", arg.display()))?;
+        if meta.is_dir() {
+            walk(&repo.workdir, &rel, &mut files)?;
+        } else if meta.is_file() {
+            files.push(rel);
+        } else {
+            anyhow::bail!(
+                "{} is not a regular file (symlinks and devices are left to git)",
+                arg.display()
+            );
+        }
+    }
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        ctx.note("nothing to add");
+        return Ok(Outcome::Ok);
+    }
+
+    // Route every path to lode.
+    let filtered = repo.lode_filtered(&files)?;
+    let untracked: Vec<String> = files
+        .iter()
+        .zip(&filtered)
+        .filter(|(_, f)| !**f)
+        .map(|(p, _)| setup::exact_pattern(p))
+        .collect();
+    let attributes = repo.workdir.join(".gitattributes");
+    let added_patterns = setup::add_patterns(&attributes, &untracked)?;
+    for p in &added_patterns {
+        ctx.note(format!("tracking {p}"));
+    }
+
+    // Ingest in parallel.
+    let stamps: Vec<(String, PathBuf, Option<Stamp>)> = files
+        .iter()
+        .map(|rel| {
+            let abs = repo.workdir.join(rel);
+            let stamp = std::fs::metadata(&abs).ok().map(|m| Stamp::of(&m));
+            (rel.clone(), abs, stamp)
+        })
+        .collect();
+    let total: u64 = stamps.iter().filter_map(|s| s.2.map(|s| s.size)).sum();
+    let bar = ctx.progress(total, "adding");
+    let done = AtomicU64::new(0);
+    let tick = |n: u64| {
+        let d = done.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(b) = &bar {
+            b.set_position(d);
+        }
+    };
+    let results: Vec<_> = stamps
+        .par_iter()
+        .map(|(rel, abs, stamp)| (rel, stamp, store.ingest_file(abs, &tick)))
+        .collect();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    store.flush().context("storing the data")?;
+
+    let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
+    let mut failures = Vec::new();
+    let (mut size, mut new) = (0u64, 0u64);
+    for (rel, stamp, result) in results {
+        match (result, stamp) {
+            (Ok(ing), Some(stamp)) => {
+                size += ing.size;
+                new += ing.new_bytes;
+                cache.insert(rel.clone(), *stamp, ing.id);
+            }
+            (Ok(_), None) => failures.push(format!("{rel}: vanished while it was being added")),
+            (Err(e), _) => failures.push(e.to_string()),
+        }
+    }
+    cache.save().context("saving the stat cache")?;
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("lode: {f}");
+        }
+        anyhow::bail!(
+            "{} of {} files could not be added; nothing was staged (what was stored is kept, run `lode add` again)",
+            failures.len(),
+            files.len()
+        );
+    }
+
+    // Stage with git: the clean filter answers from the stat cache.
+    let mut stage: Vec<&str> = files.iter().map(String::as_str).collect();
+    if !added_patterns.is_empty() {
+        stage.push(".gitattributes");
+    }
+    let mut spec = Vec::new();
+    for f in stage {
+        spec.extend_from_slice(f.as_bytes());
+        spec.push(0);
+    }
+    repo.git_with_input(
+        &["add", "--pathspec-from-file=-", "--pathspec-file-nul", "--"],
+        &spec,
+    )
+    .context("staging with git add")?;
+    let saved = if size > 0 {
+        100.0 * (1.0 - new as f64 / size as f64)
+    } else {
+        0.0
+    };
+    ctx.note(format!(
+        "added {} file{}, {} ({} new, {saved:.0}% deduplicated); commit with `git commit`",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" },
+        human(size),
+        human(new)
+    ));
+    Ok(Outcome::Ok)
+}
+
+/// Regular files under `rel` (relative to `workdir`), skipping `.git`.
+fn walk(workdir: &std::path::Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
+    let dir = workdir.join(rel);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            anyhow::bail!("{} has a name that is not UTF-8", entry.path().display());
+        };
+        if name == ".git" {
+            continue;
+        }
+        let child = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ty = entry
+            .file_type()
+            .with_context(|| format!("stat {}", entry.path().display()))?;
+        if ty.is_dir() {
+            walk(workdir, &child, out)?;
+        } else if ty.is_file() && child != ".gitattributes" && child != ".lodeconfig" {
+            out.push(child);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `lode checkout`: materialize pointer files in the working tree.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use rayon::prelude::*;
+
+use super::{Ctx, Outcome, human, repo_relative};
+use crate::git::Repo;
+use crate::pointer::{self, Pointer};
+use crate::statcache::{Stamp, StatCache};
+
+/// Replace pointer files in the working tree with their data, in parallel.
+///
+/// Works on the tracked files whose working copy is still a pointer (after
+/// a clone with LODE_SKIP_SMUDGE=1, or a checkout made while the data was
+/// not at hand). Files are written to a temporary name and renamed into
+/// place, every chunk verified first: an interrupted checkout leaves either
+/// the pointer or the whole file.
+#[derive(Args)]
+pub struct CheckoutArgs {
+    /// Limit to these files or directories (default: the whole tree).
+    paths: Vec<PathBuf>,
+}
+
+/// A working-tree file that is a lode pointer.
+pub struct PointerFile {
+    pub path: String,
+    pub pointer: Pointer,
+}
+
+/// Tracked files in git's index whose working copy is a valid pointer,
+/// limited to `prefixes` (relative paths; empty = all).
+pub fn pointer_files(repo: &Repo, prefixes: &[String]) -> Result<Vec<PointerFile>> {
+    let mut files = repo.index_files()?;
+    if !prefixes.is_empty() {
+        files.retain(|f| {
+            prefixes
+                .iter()
+                .any(|p| p.is_empty() || f == p || f.starts_with(&format!("{p}/")))
+        });
+    }
+    let filtered = repo.lode_filtered(&files)?;
+    Ok(files
+        .into_iter()
+        .zip(filtered)
+        .filter(|(_, f)| *f)
+        .filter_map(|(path, _)| {
+            let abs = repo.workdir.join(&path);
+            let meta = std::fs::symlink_metadata(&abs).ok()?;
+            if !meta.is_file() || meta.len() > pointer::MAX_LEN as u64 {
+                return None;
+            }
+            let pointer = Pointer::parse(&std::fs::read(&abs).ok()?).ok()?;
+            Some(PointerFile { path, pointer })
+        })
+        .collect())
+}
+
+pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
+    let (repo, store) = ctx.open()?;
+    let prefixes = args
+        .paths
+        .iter()
+        .map(|p| repo_relative(&repo, &ctx.cwd, p))
+        .collect::<Result<Vec<_>>>()?;
+    let todo = pointer_files(&repo, &prefixes)?;
+    if todo.is_empty() {
+        ctx.note("every tracked file is already checked out");
+        return Ok(Outcome::Ok);
+    }
+    let (present, missing): (Vec<_>, Vec<_>) = todo
+        .into_iter()
+        .partition(|f| store.has_file(&f.pointer.id));
+    let total = present.iter().map(|f| f.pointer.size).sum();
+    let bar = ctx.progress(total, "checking out");
+    let results: Vec<(&PointerFile, Result<u64>)> = present
+        .par_iter()
+        .map(|f| {
+            let dest = repo.workdir.join(&f.path);
+            let r = safe_parent(&repo.workdir, &f.path).and_then(|_| {
+                store
+                    .materialize(&f.pointer.id, &dest)
+                    .with_context(|| format!("checking out {}", f.path))
+            });
+            if let Some(b) = &bar {
+                b.inc(f.pointer.size);
+            }
+            (f, r)
+        })
+        .collect();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
+    let mut failed = 0;
+    let mut bytes = 0;
+    for (f, r) in &results {
+        match r {
+            Ok(n) => {
+                bytes += n;
+                if let Ok(meta) = std::fs::metadata(repo.workdir.join(&f.path)) {
+                    cache.insert(f.path.clone(), Stamp::of(&meta), f.pointer.id);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("lode: error: {e:#}");
+            }
+        }
+    }
+    cache.save().context("saving the stat cache")?;
+    // Let git see the new files as unchanged (the clean filter answers
+    // from the stat cache, so nothing is hashed again).
+    let _ = repo.git(&["update-index", "-q", "--refresh"]);
+    for f in &missing {
+        eprintln!(
+            "lode: {}: data {} is not in the local store",
+            f.path, f.pointer.id
+        );
+    }
+    ctx.note(format!(
+        "checked out {} file{}, {}",
+        results.len() - failed,
+        if results.len() - failed == 1 { "" } else { "s" },
+        human(bytes)
+    ));
+    if failed > 0 || !missing.is_empty() {
+        anyhow::bail!(
+            "{} file(s) could not be checked out and still hold their pointer",
+            failed + missing.len()
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Refuse to write through a symlinked directory out of the working tree
+/// (invariant I7): the file's real parent must be inside it.
+fn safe_parent(workdir: &std::path::Path, rel: &str) -> Result<()> {
+    let abs = workdir.join(rel);
+    let parent = abs.parent().context("path has no parent")?;
+    let real =
+        std::fs::canonicalize(parent).with_context(|| format!("resolving {}", parent.display()))?;
+    if !real.starts_with(workdir) {
+        anyhow::bail!(
+            "{rel}: its directory leads outside the working tree (a symlink?); refusing to write there"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The git side: finding the repository, reading commits and trees (gix),
+//! and the few things gix cannot do for us (writing config, attribute
+//! queries over many paths, staging) through the `git` CLI the user runs.
+//!
+//! Reading trees goes through gix: it is in-process and fast. Writes go
+//! through `git` so they behave exactly as the user's git would (config
+//! includes, index locking, hooks), and attribute checks through `git
+//! check-attr --stdin` so that every `.gitattributes` rule git honours,
+//! lode honours the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::id::Id;
+use crate::pointer::{self, Pointer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error(
+        "not inside a git repository ({path}); run `git init` first, or `lode init` to do both"
+    )]
+    NotARepo { path: PathBuf },
+    #[error("the repository at {path} has no working tree; run lode inside a checkout")]
+    Bare { path: PathBuf },
+    #[error("cannot resolve {rev:?}: {message}")]
+    Rev { rev: String, message: String },
+    #[error("reading git object {oid}: {message}")]
+    Object { oid: String, message: String },
+    #[error("`git {args}` failed: {stderr}")]
+    Command { args: String, stderr: String },
+    #[error("cannot run git: {0} (is git installed and on PATH?)")]
+    Spawn(std::io::Error),
+}
+
+pub type Result<T, E = GitError> = std::result::Result<T, E>;
+
+/// A path in a commit that holds a lode pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    pub path: String,
+    pub pointer: Pointer,
+}
+
+pub struct Repo {
+    pub repo: gix::Repository,
+    pub workdir: PathBuf,
+    /// `.git/lode` of the main repository (shared by all worktrees).
+    pub lode_dir: PathBuf,
+}
+
+impl Repo {
+    pub fn discover(start: &Path) -> Result<Repo> {
+        let repo = gix::discover(start).map_err(|_| GitError::NotARepo {
+            path: start.to_path_buf(),
+        })?;
+        let workdir = repo
+            .workdir()
+            .ok_or_else(|| GitError::Bare {
+                path: repo.git_dir().to_path_buf(),
+            })?
+            .to_path_buf();
+        let workdir = std::fs::canonicalize(&workdir).unwrap_or(workdir);
+        let lode_dir = repo.common_dir().join("lode");
+        Ok(Repo {
+            repo,
+            workdir,
+            lode_dir,
+        })
+    }
+
+    /// Run `git` in the working tree and return its stdout.
+    pub fn git(&self, args: &[&str]) -> Result<String> {
+        run_git(&self.workdir, args, None)
+    }
+
+    /// Run `git` with `input` on stdin.
+    pub fn git_with_input(&self, args: &[&str], input: &[u8]) -> Result<String> {
+        run_git(&self.workdir, args, Some(input))
+    }
+
+    /// For each path (relative to the working tree), whether its `filter`
+    /// attribute is `lode`.
+    pub fn lode_filtered(&self, paths: &[String]) -> Result<Vec<bool>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut input = Vec::new();
+        for p in paths {
+            input.extend_from_slice(p.as_bytes());
+            input.push(0);
+        }
+        let out = self.git_with_input(&["check-attr", "-z", "--stdin", "filter"], &input)?;
+        // Output: path NUL attr NUL value NUL, in input order.
+        let fields: Vec<&str> = out.split('\0').collect();
+        let mut filtered: HashMap<&str, bool> = HashMap::new();
+        for rec in fields.chunks(3) {
+            if let [path, _, value] = rec {
+                filtered.insert(path, *value == "lode");
+            }
+        }
+        Ok(paths
+            .iter()
+            .map(|p| filtered.get(p.as_str()).copied().unwrap_or(false))
+            .collect())
+    }
+
+    /// Files in git's index (relative paths).
+    pub fn index_files(&self) -> Result<Vec<String>> {
+        let out = self.git(&["ls-files", "-z", "--cached"])?;
+        Ok(out
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn resolve_tree(&self, rev: &str) -> Result<gix::Tree<'_>> {
+        let rev_err = |message: String| GitError::Rev {
+            rev: rev.to_string(),
+            message,
+        };
+        let id = self
+            .repo
+            .rev_parse_single(rev)
+            .map_err(|e| rev_err(e.to_string()))?;
+        let object = id.object().map_err(|e| rev_err(e.to_string()))?;
+        object.peel_to_tree().map_err(|e| rev_err(e.to_string()))
+    }
+
+    /// The lode pointers committed in `rev`'s tree.
+    pub fn tracked_at(&self, rev: &str) -> Result<Vec<Tracked>> {
+        let tree = self.resolve_tree(rev)?;
+        self.pointers_in_tree(&tree)
+    }
+
+    fn pointers_in_tree(&self, tree: &gix::Tree<'_>) -> Result<Vec<Tracked>> {
+        let mut recorder = gix::traverse::tree::Recorder::default();
+        tree.traverse()
+            .breadthfirst(&mut recorder)
+            .map_err(|e| GitError::Object {
+                oid: tree.id.to_string(),
+                message: e.to_string(),
+            })?;
+        let mut out = Vec::new();
+        for entry in recorder.records {
+            if !entry.mode.is_blob() {
+                continue;
+            }
+            if let Some(pointer) = self.pointer_blob(entry.oid)? {
+                out.push(Tracked {
+                    path: entry.filepath.to_string(),
+                    pointer,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// The pointer a blob holds, if it holds one (small blobs only are read).
+    pub fn pointer_blob(&self, oid: gix::ObjectId) -> Result<Option<Pointer>> {
+        let obj_err = |message: String| GitError::Object {
+            oid: oid.to_string(),
+            message,
+        };
+        let header = self
+            .repo
+            .find_header(oid)
+            .map_err(|e| obj_err(e.to_string()))?;
+        if header.size() as usize > pointer::MAX_LEN {
+            return Ok(None);
+        }
+        let blob = self
+            .repo
+            .find_object(oid)
+            .map_err(|e| obj_err(e.to_string()))?;
+        Ok(Pointer::parse(&blob.data).ok())
+    }
+
+    /// Every (commit, path) of history (all refs) where each file id is
+    /// committed, at most `per_id` places per id.
+    pub fn where_in_history(&self, per_id: usize) -> Result<HashMap<Id, Vec<(String, String)>>> {
+        let mut tips = Vec::new();
+        let refs = self.repo.references().map_err(|e| GitError::Rev {
+            rev: "refs".into(),
+            message: e.to_string(),
+        })?;
+        let all = refs.all().map_err(|e| GitError::Rev {
+            rev: "refs".into(),
+            message: e.to_string(),
+        })?;
+        for r in all.flatten() {
+            let mut r = r;
+            if let Ok(id) = r.peel_to_id() {
+                if let Ok(obj) = id.object() {
+                    if obj.kind == gix::object::Kind::Commit {
+                        tips.push(id.detach());
+                    }
+                }
+            }
+        }
+        if let Ok(head) = self.repo.head_id() {
+            tips.push(head.detach());
+        }
+        let mut out: HashMap<Id, Vec<(String, String)>> = HashMap::new();
+        let mut seen_trees = HashSet::new();
+        let walk = self.repo.rev_walk(tips).all().map_err(|e| GitError::Rev {
+            rev: "history".into(),
+            message: e.to_string(),
+        })?;
+        for info in walk {
+            let info = info.map_err(|e| GitError::Rev {
+                rev: "history".into(),
+                message: e.to_string(),
+            })?;
+            let commit = info.id().object().map_err(|e| GitError::Object {
+                oid: info.id.to_string(),
+                message: e.to_string(),
+            })?;
+            let tree = commit.peel_to_tree().map_err(|e| GitError::Object {
+                oid: info.id.to_string(),
+                message: e.to_string(),
+            })?;
+            if !seen_trees.insert(tree.id) {
+                continue;
+            }
+            let short = info.id.to_hex_with_len(10).to_string();
+            for t in self.pointers_in_tree(&tree)? {
+                let places = out.entry(t.pointer.id).or_default();
+                if places.len() < per_id {
+                    places.push((short.clone(), t.path));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn run_git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Result<String> {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().map_err(GitError::Spawn)?;
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("stdin was piped");
+        let data = input.to_vec();
+        // Write from a thread: git may fill its stdout before reading all
+        // of stdin, and both pipes have bounded buffers.
+        let writer = std::thread::spawn(move || stdin.write_all(&data));
+        let out = child.wait_with_output().map_err(GitError::Spawn)?;
+        let _ = writer.join();
+        return finish(args, out);
+    }
+    let out = child.wait_with_output().map_err(GitError::Spawn)?;
+    finish(args, out)
+}
+
+fn finish(args: &[&str], out: std::process::Output) -> Result<String> {
+    if !out.status.success() {
+        return Err(GitError::Command {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
