@@ -111,9 +111,22 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
         }
     }
     cache.save().context("saving the stat cache")?;
-    // Let git see the new files as unchanged (the clean filter answers
-    // from the stat cache, so nothing is hashed again).
-    let _ = repo.git(&["update-index", "-q", "--refresh"]);
+    // git recorded the pointer's size in its index, so it would call the
+    // files modified on size alone; staging them again records the new stat
+    // data (the clean filter answers from the stat cache and yields the
+    // same pointer blob, so nothing is hashed and the index content does
+    // not change).
+    let mut spec = Vec::new();
+    for (f, r) in &results {
+        if r.is_ok() {
+            spec.extend_from_slice(f.path.as_bytes());
+            spec.push(0);
+        }
+    }
+    if !spec.is_empty() {
+        repo.git_with_input(&["add", "--pathspec-from-file=-", "--pathspec-file-nul", "--"], &spec)
+            .context("refreshing git's index")?;
+    }
     for f in &missing {
         eprintln!(
             "lode: {}: data {} is not in the local store",

@@ -1,0 +1,6 @@
+//! lode's integration tests: one binary, driving the real `lode` against
+//! real git in temporary directories.
+
+mod common;
+mod failures;
+mod workflow;
