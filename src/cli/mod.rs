@@ -7,6 +7,7 @@
 
 mod add;
 mod checkout;
+mod demo;
 mod filter;
 mod fsck;
 mod inspect;
@@ -29,6 +30,7 @@ Set-up:
   init            Set up lode in this git repository (git init first if needed)
   install         Configure git globally so plain `git clone` materializes lode files
   track           Track paths matching a pattern with lode (writes .gitattributes)
+  demo            Run lode's main job end to end in a new directory
 
 Data:
   add             Store files in lode and stage them (parallel, deduplicated)
@@ -58,7 +60,7 @@ Options:
 pub struct Cli {
     /// Run as if started in DIR.
     #[arg(short = 'C', global = true, value_name = "DIR")]
-    dir: Option<PathBuf>,
+    chdir: Option<PathBuf>,
     /// No progress bars or summaries (errors still go to stderr).
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -70,6 +72,7 @@ pub struct Cli {
 enum Command {
     Init(setup::InitArgs),
     Install(setup::InstallArgs),
+    Demo(demo::DemoArgs),
     Track(setup::TrackArgs),
     Add(add::AddArgs),
     Status(inspect::StatusArgs),
@@ -149,7 +152,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let cwd = match &cli.dir {
+    let cwd = match &cli.chdir {
         Some(d) => d.clone(),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
@@ -160,6 +163,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Init(a) => setup::init(&ctx, a),
         Command::Install(a) => setup::install(&ctx, a),
+        Command::Demo(a) => demo::run(&ctx, a),
         Command::Track(a) => setup::track(&ctx, a),
         Command::Add(a) => add::run(&ctx, a),
         Command::Status(a) => inspect::status(&ctx, a),
