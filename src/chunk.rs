@@ -339,4 +339,116 @@ mod tests {
         }
         assert_eq!(ends, whole);
     }
+
+    mod properties {
+        use super::super::*;
+        use super::noise;
+        use proptest::prelude::*;
+
+        fn chunks_of(data: &[u8], ends: &[usize]) -> Vec<Vec<u8>> {
+            let mut start = 0;
+            ends.iter()
+                .map(|&e| {
+                    let c = data[start..e].to_vec();
+                    start = e;
+                    c
+                })
+                .collect()
+        }
+
+        fn stream(data: &[u8], segments: &[usize], read_size: usize) -> Vec<usize> {
+            struct Reads<'a>(&'a [u8], usize);
+            impl std::io::Read for Reads<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    let n = buf.len().min(self.1).min(self.0.len());
+                    buf[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            let segs = segments.iter().map(|&s| s as u64).collect();
+            let mut sc = StreamChunker::new(Reads(data, read_size), segs);
+            let mut ends = Vec::new();
+            loop {
+                let batch = sc.next_batch(300_000).unwrap();
+                if batch.is_empty() {
+                    return ends;
+                }
+                ends.extend(batch.iter().map(|(o, b)| *o as usize + b.len()));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+            /// Chunks concatenate to the input, within the size bounds
+            /// (only a segment's last chunk may be short).
+            #[test]
+            fn lossless_and_bounded(len in 0usize..3_000_000, seed in any::<u64>(), zeros in any::<bool>()) {
+                let mut data = noise(len, seed);
+                if zeros {
+                    let half = len / 2;
+                    data[half..].fill(0);
+                }
+                let ends = cuts(&data);
+                prop_assert_eq!(chunks_of(&data, &ends).concat(), data.clone());
+                let mut start = 0;
+                for (i, &e) in ends.iter().enumerate() {
+                    let n = e - start;
+                    prop_assert!(n <= MAX_SIZE);
+                    prop_assert!(n >= MIN_SIZE || i == ends.len() - 1, "chunk {} is {} bytes", i, n);
+                    start = e;
+                }
+            }
+
+            /// Boundaries do not depend on how the input arrives.
+            #[test]
+            fn independent_of_buffer_size(len in 1usize..2_000_000, seed in any::<u64>(), read in 1usize..500_000, cut in 0usize..2_000_000) {
+                let data = noise(len, seed);
+                let mut segments = vec![cut.min(len), len];
+                segments.dedup();
+                prop_assert_eq!(stream(&data, &segments, read), cuts_segmented(&data, &segments));
+            }
+
+            /// A local edit changes only nearby chunks: every chunk before
+            /// it is kept, and at most three new chunks appear.
+            #[test]
+            fn local_edits_stay_local(seed in any::<u64>(), at in 0usize..1_500_000, insert in any::<bool>()) {
+                let v1 = noise(1_500_000, seed);
+                let mut v2 = v1.clone();
+                if insert {
+                    v2.splice(at..at, b"an inserted phrase".iter().copied());
+                } else {
+                    for b in &mut v2[at..(at + 100).min(v1.len())] {
+                        *b ^= 0x5a;
+                    }
+                }
+                let old: std::collections::HashSet<Vec<u8>> = chunks_of(&v1, &cuts(&v1)).into_iter().collect();
+                let new = chunks_of(&v2, &cuts(&v2));
+                let fresh = new.iter().filter(|c| !old.contains(*c)).count();
+                prop_assert!(fresh <= 3, "{} new chunks for one edit", fresh);
+            }
+        }
+
+        /// The same cuts with one thread or many, on input long enough to be
+        /// cut in parallel pieces.
+        #[test]
+        fn independent_of_thread_count() {
+            for seed in [1u64, 2, 3] {
+                let data = noise(3 * PIECE + 777 * seed as usize, seed);
+                let one = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap()
+                    .install(|| cuts(&data));
+                let four = rayon::ThreadPoolBuilder::new()
+                    .num_threads(4)
+                    .build()
+                    .unwrap()
+                    .install(|| cuts(&data));
+                assert_eq!(one, four);
+                assert_eq!(one, cuts_from(&data, 0, data.len()));
+            }
+        }
+    }
 }

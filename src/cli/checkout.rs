@@ -124,8 +124,11 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
         }
     }
     if !spec.is_empty() {
-        repo.git_with_input(&["add", "--pathspec-from-file=-", "--pathspec-file-nul", "--"], &spec)
-            .context("refreshing git's index")?;
+        repo.git_with_input(
+            &["add", "--pathspec-from-file=-", "--pathspec-file-nul", "--"],
+            &spec,
+        )
+        .context("refreshing git's index")?;
     }
     for f in &missing {
         eprintln!(

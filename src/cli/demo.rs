@@ -26,15 +26,29 @@ pub struct DemoArgs {
 }
 
 pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<Outcome> {
-    let dir = if args.dir.is_absolute() { args.dir.clone() } else { ctx.cwd.join(&args.dir) };
+    let dir = if args.dir.is_absolute() {
+        args.dir.clone()
+    } else {
+        ctx.cwd.join(&args.dir)
+    };
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-        anyhow::bail!("{} exists and is not empty; pick another directory", dir.display());
+        anyhow::bail!(
+            "{} exists and is not empty; pick another directory",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // git runs `lode filter-process` by name: make sure it finds this lode.
     let exe = std::env::current_exe().context("locating the lode binary")?;
-    let bin_dir = exe.parent().context("lode binary has no directory")?.to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let bin_dir = exe
+        .parent()
+        .context("lode binary has no directory")?
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let sh = |program: &str, args: &[&str]| -> Result<String> {
         let out = Command::new(program)
             .args(args)
@@ -43,41 +57,79 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<Outcome> {
             .output()
             .with_context(|| format!("running {program}"))?;
         if !out.status.success() {
-            anyhow::bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            anyhow::bail!(
+                "`{program} {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let step = |n: u32, what: &str| println!("\n[{n}/6] {what}");
 
-    step(1, "a git repository with lode: `git init`, `lode init`, `lode track '*.safetensors'`");
+    step(
+        1,
+        "a git repository with lode: `git init`, `lode init`, `lode track '*.safetensors'`",
+    );
     sh("git", &["init", "-q"])?;
     sh("git", &["config", "user.name", "lode demo"])?;
     sh("git", &["config", "user.email", "demo@lode.invalid"])?;
     sh(exe.to_str().context("non-UTF-8 path")?, &["-q", "init"])?;
-    sh(exe.to_str().context("non-UTF-8 path")?, &["-q", "track", "*.safetensors"])?;
+    sh(
+        exe.to_str().context("non-UTF-8 path")?,
+        &["-q", "track", "*.safetensors"],
+    )?;
 
-    step(2, &format!("a {} MiB fp16 checkpoint, committed with plain `git add` and `git commit`", args.mib));
+    step(
+        2,
+        &format!(
+            "a {} MiB fp16 checkpoint, committed with plain `git add` and `git commit`",
+            args.mib
+        ),
+    );
     let model = dir.join("model.safetensors");
     let v1 = checkpoint(args.mib, None)?;
     std::fs::write(&model, &v1)?;
     let t = Instant::now();
-    sh("git", &["add", ".gitattributes", ".lodeconfig", "model.safetensors"])?;
+    sh(
+        "git",
+        &["add", ".gitattributes", ".lodeconfig", "model.safetensors"],
+    )?;
     sh("git", &["commit", "-qm", "v1: base checkpoint"])?;
-    println!("      committed in {:.2?}; the blob git stores is the pointer:", t.elapsed());
-    print!("{}", indent(&sh("git", &["show", "HEAD:model.safetensors"])?));
+    println!(
+        "      committed in {:.2?}; the blob git stores is the pointer:",
+        t.elapsed()
+    );
+    print!(
+        "{}",
+        indent(&sh("git", &["show", "HEAD:model.safetensors"])?)
+    );
 
-    step(3, "a fine-tune (every tenth tensor changed), committed the same way");
+    step(
+        3,
+        "a fine-tune (every tenth tensor changed), committed the same way",
+    );
     let v2 = checkpoint(args.mib, Some(10))?;
     std::fs::write(&model, &v2)?;
     let t = Instant::now();
     sh("git", &["commit", "-qam", "v2: fine-tuned"])?;
-    println!("      committed in {:.2?}; `git diff HEAD~1` names only the changed tensors:", t.elapsed());
+    println!(
+        "      committed in {:.2?}; `git diff HEAD~1` names only the changed tensors:",
+        t.elapsed()
+    );
     let diff = sh("git", &["diff", "HEAD~1", "HEAD"])?;
     let changed: Vec<&str> = diff.lines().filter(|l| l.starts_with("+tensor ")).collect();
-    println!("      {} tensors changed, e.g. {}", changed.len(), changed.first().unwrap_or(&"-"));
+    println!(
+        "      {} tensors changed, e.g. {}",
+        changed.len(),
+        changed.first().unwrap_or(&"-")
+    );
 
     step(4, "storage: two versions, deduplicated (`lode du`)");
-    print!("{}", indent(&sh(exe.to_str().context("non-UTF-8 path")?, &["du"])?));
+    print!(
+        "{}",
+        indent(&sh(exe.to_str().context("non-UTF-8 path")?, &["du"])?)
+    );
     let stored = dir_size(&dir.join(".git/lode"));
     println!(
         "      .git/lode holds {} for {} of checkpoints ({:.2} × one version)",
@@ -86,7 +138,10 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<Outcome> {
         stored as f64 / v1.len() as f64
     );
 
-    step(5, "back in history: `git checkout HEAD~1` restores v1 byte for byte");
+    step(
+        5,
+        "back in history: `git checkout HEAD~1` restores v1 byte for byte",
+    );
     sh("git", &["checkout", "-q", "HEAD~1"])?;
     let same = std::fs::read(&model)? == v1;
     println!("      v1 identical: {same}");
@@ -98,7 +153,11 @@ pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<Outcome> {
     }
 
     step(6, "verify every stored byte: `lode fsck --read-data`");
-    let out = Command::new(&exe).args(["fsck", "--read-data"]).current_dir(&dir).env("PATH", &path).output()?;
+    let out = Command::new(&exe)
+        .args(["fsck", "--read-data"])
+        .current_dir(&dir)
+        .env("PATH", &path)
+        .output()?;
     print!("{}", indent(&String::from_utf8_lossy(&out.stderr)));
     if !out.status.success() {
         anyhow::bail!("fsck found problems");
@@ -144,7 +203,12 @@ fn checkpoint(mib: u64, changed: Option<usize>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = buffers
         .iter()
         .enumerate()
-        .map(|(i, b)| Ok((format!("model.layers.{i:03}.weight"), TensorView::new(Dtype::F16, vec![rows, cols], b)?)))
+        .map(|(i, b)| {
+            Ok((
+                format!("model.layers.{i:03}.weight"),
+                TensorView::new(Dtype::F16, vec![rows, cols], b)?,
+            ))
+        })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     Ok(safetensors::tensor::serialize(views, None)?)
 }

@@ -19,8 +19,14 @@ impl Env {
         std::fs::create_dir_all(&home).unwrap();
         let env = Env { tmp, home };
         env.git_in(&env.home, &["config", "--global", "user.name", "Lode Test"]);
-        env.git_in(&env.home, &["config", "--global", "user.email", "test@lode.invalid"]);
-        env.git_in(&env.home, &["config", "--global", "init.defaultBranch", "main"]);
+        env.git_in(
+            &env.home,
+            &["config", "--global", "user.email", "test@lode.invalid"],
+        );
+        env.git_in(
+            &env.home,
+            &["config", "--global", "init.defaultBranch", "main"],
+        );
         env
     }
 
@@ -35,7 +41,11 @@ impl Env {
 
     fn path_var(&self) -> String {
         let bin = Path::new(LODE).parent().unwrap();
-        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+        format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
     }
 
     pub fn cmd(&self, program: &str, dir: &Path) -> Command {
@@ -58,7 +68,11 @@ impl Env {
 
     pub fn git_in(&self, dir: &Path, args: &[&str]) -> String {
         let out = self.run("git", dir, args);
-        assert!(out.status.success(), "git {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -80,7 +94,13 @@ impl Env {
 
     /// Write a safetensors model with the real Python package.
     pub fn model(&self, out: &Path, mib: f64, seed: u64) {
-        self.python(&[out.to_str().unwrap(), "--mib", &mib.to_string(), "--seed", &seed.to_string()]);
+        self.python(&[
+            out.to_str().unwrap(),
+            "--mib",
+            &mib.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ]);
     }
 
     /// A fine-tune of `base`: every `every`-th tensor redrawn.
@@ -98,7 +118,11 @@ impl Env {
 
     fn python(&self, args: &[&str]) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_model.py");
-        let out = Command::new("python3").arg(script).args(args).output().expect("python3");
+        let out = Command::new("python3")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("python3");
         assert!(
             out.status.success(),
             "make_model.py failed (the test command installs numpy and safetensors):\n{}",
@@ -127,13 +151,18 @@ pub fn du(dir: &Path) -> u64 {
 }
 
 pub fn sha(path: &Path) -> String {
-    blake3::hash(&std::fs::read(path).unwrap()).to_hex().to_string()
+    blake3::hash(&std::fs::read(path).unwrap())
+        .to_hex()
+        .to_string()
 }
 
 /// The single pack file of a store, or the largest one.
 pub fn largest_pack(repo: &Path) -> PathBuf {
     let dir = repo.join(".git/lode/packs");
-    let mut packs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut packs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     packs.pop().expect("a pack")
 }

@@ -35,7 +35,10 @@ fn two_versions_of_a_checkpoint_dedup_and_check_out_identically() {
     // The committed blob is the pointer, and git sees a clean tree.
     let blob = env.git_in(&repo, &["cat-file", "-p", "HEAD:model.safetensors"]);
     assert!(blob.starts_with("version lode/1\noid b3:"), "{blob}");
-    assert_eq!(env.git_in(&repo, &["status", "--porcelain", "--untracked-files=no"]), "");
+    assert_eq!(
+        env.git_in(&repo, &["status", "--porcelain", "--untracked-files=no"]),
+        ""
+    );
 
     let stored = du(&repo.join(".git/lode"));
     assert!(
@@ -57,7 +60,11 @@ fn two_versions_of_a_checkpoint_dedup_and_check_out_identically() {
     std::fs::write(&pack, bytes).unwrap();
     let out = env.lode(&repo, &["fsck", "--read-data"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stdout(&out).contains(":model.safetensors"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(":model.safetensors"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// git's own commands keep working on tracked files: status is clean after
@@ -78,11 +85,23 @@ fn plain_git_commands_work_on_tracked_files() {
     std::fs::copy(&model, &base).unwrap();
     env.finetune(&base, &model, 3, 7);
     let diff = env.git_in(&repo, &["diff"]);
-    assert!(diff.contains("-lode file b3:") && diff.contains("+lode file b3:"), "{diff}");
+    assert!(
+        diff.contains("-lode file b3:") && diff.contains("+lode file b3:"),
+        "{diff}"
+    );
     let changed = diff.lines().filter(|l| l.starts_with("+tensor ")).count();
-    let tensors = diff.lines().filter(|l| l.starts_with(" tensor ") || l.starts_with("+tensor ")).count();
-    assert!(changed > 0 && changed < tensors, "diff should name only the changed tensors:\n{diff}");
-    assert!(!diff.contains("version lode/1"), "no pointer noise in the diff");
+    let tensors = diff
+        .lines()
+        .filter(|l| l.starts_with(" tensor ") || l.starts_with("+tensor "))
+        .count();
+    assert!(
+        changed > 0 && changed < tensors,
+        "diff should name only the changed tensors:\n{diff}"
+    );
+    assert!(
+        !diff.contains("version lode/1"),
+        "no pointer noise in the diff"
+    );
 
     env.git_in(&repo, &["commit", "-qam", "v2"]);
     let log = env.git_in(&repo, &["log", "--oneline", "--", "model.safetensors"]);
@@ -99,17 +118,29 @@ fn lode_add_and_the_inspection_commands() {
     let repo = env.repo("repo");
     std::fs::create_dir_all(repo.join("data/shards")).unwrap();
     for i in 0..40 {
-        std::fs::write(repo.join(format!("data/shards/part {i:03}.bin")), format!("shard {i}\n").repeat(300)).unwrap();
+        std::fs::write(
+            repo.join(format!("data/shards/part {i:03}.bin")),
+            format!("shard {i}\n").repeat(300),
+        )
+        .unwrap();
     }
     env.model(&repo.join("model.safetensors"), 3.0, 4);
     env.lode_ok(&repo, &["add", "data", "model.safetensors"]);
     // Staged as pointers with the attributes file, ready to commit.
     let staged = env.git_in(&repo, &["diff", "--cached", "--name-only"]);
-    assert!(staged.contains(".gitattributes") && staged.contains("data/shards/part 007.bin"), "{staged}");
+    assert!(
+        staged.contains(".gitattributes") && staged.contains("data/shards/part 007.bin"),
+        "{staged}"
+    );
     env.git_in(&repo, &["commit", "-qm", "add"]);
-    assert_eq!(env.git_in(&repo, &["status", "--porcelain", "--untracked-files=no"]), "");
+    assert_eq!(
+        env.git_in(&repo, &["status", "--porcelain", "--untracked-files=no"]),
+        ""
+    );
     // Forty small files share packs, not one object each.
-    let packs = std::fs::read_dir(repo.join(".git/lode/packs")).unwrap().count();
+    let packs = std::fs::read_dir(repo.join(".git/lode/packs"))
+        .unwrap()
+        .count();
     assert!(packs <= 2, "{packs} packs");
 
     let ls = env.lode_ok(&repo, &["ls", "--json"]);
@@ -117,9 +148,14 @@ fn lode_add_and_the_inspection_commands() {
     let hash = env.lode_ok(&repo, &["hash", "model.safetensors"]);
     let id = hash.split_whitespace().next().unwrap();
     let pointer = env.git_in(&repo, &["show", "HEAD:model.safetensors"]);
-    assert!(pointer.contains(&format!("oid {id}\n")), "{hash} vs {pointer}");
+    assert!(
+        pointer.contains(&format!("oid {id}\n")),
+        "{hash} vs {pointer}"
+    );
 
-    let show: serde_json::Value = serde_json::from_str(&env.lode_ok(&repo, &["show", "--json", "model.safetensors"])).unwrap();
+    let show: serde_json::Value =
+        serde_json::from_str(&env.lode_ok(&repo, &["show", "--json", "model.safetensors"]))
+            .unwrap();
     assert_eq!(show["id"], id);
     assert!(show["tensors"].as_array().unwrap().len() >= 2);
 
@@ -127,9 +163,13 @@ fn lode_add_and_the_inspection_commands() {
     assert!(status.lines().all(|l| l.starts_with("present")), "{status}");
     std::fs::write(repo.join("data/shards/part 001.bin"), "edited\n").unwrap();
     let status = env.lode_ok(&repo, &["status"]);
-    assert!(status.contains("modified") && status.contains("part 001.bin"), "{status}");
+    assert!(
+        status.contains("modified") && status.contains("part 001.bin"),
+        "{status}"
+    );
 
-    let du: serde_json::Value = serde_json::from_str(&env.lode_ok(&repo, &["du", "--json"])).unwrap();
+    let du: serde_json::Value =
+        serde_json::from_str(&env.lode_ok(&repo, &["du", "--json"])).unwrap();
     assert_eq!(du["files"], 41);
     assert!(du["stored"].as_u64().unwrap() < du["logical"].as_u64().unwrap());
 }
@@ -148,12 +188,25 @@ fn skip_smudge_then_lode_checkout() {
     env.git_in(&repo, &["commit", "-qm", "two"]);
     std::fs::remove_file(&a).unwrap();
     std::fs::remove_file(&b).unwrap();
-    let out = env.cmd("git", &repo).env("LODE_SKIP_SMUDGE", "1").args(["checkout", "--", "."]).output().unwrap();
+    let out = env
+        .cmd("git", &repo)
+        .env("LODE_SKIP_SMUDGE", "1")
+        .args(["checkout", "--", "."])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(std::fs::read_to_string(&a).unwrap().starts_with("version lode/1"));
+    assert!(
+        std::fs::read_to_string(&a)
+            .unwrap()
+            .starts_with("version lode/1")
+    );
     let status = env.lode_ok(&repo, &["status"]);
     assert!(status.lines().all(|l| l.starts_with("pointer")), "{status}");
-    assert_eq!(env.git_in(&repo, &["status", "--porcelain"]), "", "pointers are clean for git");
+    assert_eq!(
+        env.git_in(&repo, &["status", "--porcelain"]),
+        "",
+        "pointers are clean for git"
+    );
     env.lode_ok(&repo, &["checkout"]);
     assert_eq!((sha(&a), sha(&b)), (sa, sb));
     assert_eq!(env.git_in(&repo, &["status", "--porcelain"]), "");
@@ -195,6 +248,9 @@ fn ordinary_files_are_left_alone() {
     env.git_in(&repo, &["commit", "-qm", "track"]);
     std::fs::remove_file(repo.join("early.safetensors")).unwrap();
     env.git_in(&repo, &["checkout", "HEAD~1", "--", "early.safetensors"]);
-    assert_eq!(std::fs::read(repo.join("early.safetensors")).unwrap(), b"plain bytes");
+    assert_eq!(
+        std::fs::read(repo.join("early.safetensors")).unwrap(),
+        b"plain bytes"
+    );
     let _ = Path::new("");
 }
