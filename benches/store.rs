@@ -23,7 +23,7 @@
 //!   fsync); and the whole single-core ingest path (cut, hash, encode,
 //!   append, finish).
 //!
-//! Run: `cargo bench --bench store -- --noplot` (about a minute and a half
+//! Run: `cargo bench --bench store -- --noplot` (about a minute
 //! on a 2-core machine; sample sizes and times are kept small for that).
 
 use std::hint::black_box;

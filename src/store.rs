@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 
 use rayon::prelude::*;
 
@@ -64,6 +64,8 @@ pub enum StoreError {
     Changed { path: PathBuf },
     #[error("{path} vanished while it was being added; nothing was recorded for it")]
     Vanished { path: PathBuf },
+    #[error("storing data failed: {0}")]
+    Closing(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -90,22 +92,102 @@ pub struct Ingested {
 
 struct Pending {
     writer: Option<PackWriter>,
+    /// Ids of the open pack, in the order appended.
+    open_ids: Vec<Id>,
+    /// Ids appended to packs that are not indexed yet (the open one and
+    /// those being closed): dedup must see them, lookups must not.
     ids: HashSet<Id>,
+    /// Packs handed to the closer and not yet indexed.
+    closing: usize,
+    /// The closer's first error: every later append and flush fails.
+    failed: Option<String>,
 }
 
 type Mapped = Table<memmap2::Mmap>;
 
+/// A full pack on its way to the closer, with the ids it holds.
+type Closing = (PackWriter, Vec<Id>);
+
+/// The local store. Cheap to share between threads; packs are closed
+/// (fsync, rename, index) by one background thread, in the order they were
+/// filled, while ingest goes on: on a 2-core machine that overlap is what
+/// lets hashing and compression keep the disk busy.
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
     root: PathBuf,
     tables: RwLock<Vec<(PathBuf, Mapped)>>,
     pending: Mutex<Pending>,
+    closed: Condvar,
+    closer: Mutex<Option<(mpsc::Sender<Closing>, std::thread::JoinHandle<()>)>>,
     packs: Mutex<HashMap<Id, Arc<PackFile>>>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Packs already handed over are finished; the open one (never
+        // flushed, so never reported as stored) is discarded.
+        let closer = self.inner.closer.lock().map(|mut c| c.take()).ok().flatten();
+        if let Some((tx, handle)) = closer {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
 }
 
 /// Bytes of chunks decoded at once when streaming a file out.
 const READ_BATCH: usize = 64;
 
 impl Store {
+    /// Open (creating the directories if needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["packs", "index", "tmp"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        let inner = Arc::new(Inner {
+            root: root.to_path_buf(),
+            tables: RwLock::new(Vec::new()),
+            pending: Mutex::new(Pending { writer: None, open_ids: Vec::new(), ids: HashSet::new(), closing: 0, failed: None }),
+            closed: Condvar::new(),
+            closer: Mutex::new(None),
+            packs: Mutex::new(HashMap::new()),
+        });
+        inner.load_tables()?;
+        let (tx, rx) = mpsc::channel::<Closing>();
+        let worker = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("lode-pack-closer".into())
+            .spawn(move || {
+                for (writer, ids) in rx {
+                    let result = writer.finish(&worker.packs_dir()).map_err(StoreError::from).and_then(|(pack, mut entries)| worker.add_table(&[pack], &mut entries));
+                    let mut pending = worker.pending.lock().expect("pack lock poisoned");
+                    pending.closing -= 1;
+                    for id in &ids {
+                        pending.ids.remove(id);
+                    }
+                    if let Err(e) = result {
+                        pending.failed.get_or_insert(e.to_string());
+                    }
+                    worker.closed.notify_all();
+                }
+            })
+            .map_err(io_err("start the pack closer for", root))?;
+        *inner.closer.lock().expect("closer lock poisoned") = Some((tx, handle));
+        Ok(Store { inner })
+    }
+}
+
+impl Inner {
     pub fn packs_dir(&self) -> PathBuf {
         self.root.join("packs")
     }
@@ -116,25 +198,6 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// Open (creating the directories if needed) the store at `root`.
-    pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["packs", "index", "tmp"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        }
-        let store = Store {
-            root: root.to_path_buf(),
-            tables: RwLock::new(Vec::new()),
-            pending: Mutex::new(Pending {
-                writer: None,
-                ids: HashSet::new(),
-            }),
-            packs: Mutex::new(HashMap::new()),
-        };
-        store.load_tables()?;
-        Ok(store)
     }
 
     fn load_tables(&self) -> Result<()> {
@@ -158,13 +221,7 @@ impl Store {
     }
 
     fn contains(&self, id: &Id) -> bool {
-        self.lookup(id).is_some()
-            || self
-                .pending
-                .lock()
-                .expect("pack lock poisoned")
-                .ids
-                .contains(id)
+        self.lookup(id).is_some() || self.pending.lock().expect("pack lock poisoned").ids.contains(id)
     }
 
     /// Whether the file's recipe is here (its chunks are then too: a recipe
@@ -173,23 +230,15 @@ impl Store {
         self.contains(id)
     }
 
-    /// Every pack id the index knows, and every entry (for fsck and du).
+    /// Every entry of the index (for fsck and du).
     pub fn index_entries(&self) -> Vec<Entry> {
         let tables = self.tables.read().expect("index lock poisoned");
-        tables
-            .iter()
-            .flat_map(|(_, t)| t.iter().flatten().collect::<Vec<_>>())
-            .collect()
+        tables.iter().flat_map(|(_, t)| t.iter().flatten().collect::<Vec<_>>()).collect()
     }
 
     /// Paths of the loaded index tables.
     pub fn table_paths(&self) -> Vec<PathBuf> {
-        self.tables
-            .read()
-            .expect("index lock poisoned")
-            .iter()
-            .map(|(p, _)| p.clone())
-            .collect()
+        self.tables.read().expect("index lock poisoned").iter().map(|(p, _)| p.clone()).collect()
     }
 
     fn append(&self, kind: Kind, id: Id, raw: &[u8]) -> Result<bool> {
@@ -199,6 +248,9 @@ impl Store {
         let (codec, stored) = compress::encode(raw);
         let stored = stored.as_deref().unwrap_or(raw);
         let mut pending = self.pending.lock().expect("pack lock poisoned");
+        if let Some(e) = &pending.failed {
+            return Err(StoreError::Closing(e.clone()));
+        }
         if !pending.ids.insert(id) {
             return Ok(false); // another thread stored it meanwhile
         }
@@ -206,25 +258,33 @@ impl Store {
             pending.writer = Some(PackWriter::create(&self.root.join("tmp"))?);
         }
         let writer = pending.writer.as_mut().expect("just created");
-        writer.append(kind, id, codec, raw.len(), stored)?;
-        if writer.len() >= TARGET_SIZE {
-            self.finish_pack(&mut pending)?;
+        if let Err(e) = writer.append(kind, id, codec, raw.len(), stored) {
+            pending.ids.remove(&id);
+            return Err(e.into());
+        }
+        let full = writer.len() >= TARGET_SIZE;
+        pending.open_ids.push(id);
+        if full {
+            self.hand_off(&mut pending)?;
         }
         Ok(true)
     }
 
-    /// Close the current pack (if any) and index it. Called with the
-    /// pending lock held, so packs close in the order they were filled.
-    fn finish_pack(&self, pending: &mut Pending) -> Result<()> {
+    /// Give the open pack to the closer thread (FIFO: packs become durable
+    /// in the order they were filled, so a recipe never becomes durable
+    /// before the chunks it names).
+    fn hand_off(&self, pending: &mut Pending) -> Result<()> {
         let Some(writer) = pending.writer.take() else {
             return Ok(());
         };
+        let ids = std::mem::take(&mut pending.open_ids);
         if writer.is_empty() {
             return Ok(());
         }
-        let (pack, mut entries) = writer.finish(&self.packs_dir())?;
-        self.add_table(&[pack], &mut entries)?;
-        pending.ids.clear();
+        let closer = self.closer.lock().expect("closer lock poisoned");
+        let (tx, _) = closer.as_ref().ok_or_else(|| StoreError::Closing("the store is closing".into()))?;
+        tx.send((writer, ids)).map_err(|_| StoreError::Closing("the pack closer stopped".into()))?;
+        pending.closing += 1;
         Ok(())
     }
 
@@ -249,17 +309,10 @@ impl Store {
     pub fn merge_tables(&self) -> Result<()> {
         let old = self.table_paths();
         let mut entries = self.index_entries();
-        let mut packs: Vec<Id> = entries
-            .iter()
-            .map(|e| e.pack)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let mut packs: Vec<Id> = entries.iter().map(|e| e.pack).collect::<HashSet<_>>().into_iter().collect();
         packs.sort();
         let bytes = index::encode(&packs, &mut entries);
-        let path = self
-            .index_dir()
-            .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
+        let path = self.index_dir().join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
         durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
         for p in old.iter().filter(|p| **p != path) {
             std::fs::remove_file(p).map_err(io_err("remove merged index table", p))?;
@@ -315,10 +368,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Make everything ingested so far durable and findable.
+    /// Make everything ingested so far durable and findable: hand over the
+    /// open pack and wait until the closer has indexed every pack.
     pub fn flush(&self) -> Result<()> {
         let mut pending = self.pending.lock().expect("pack lock poisoned");
-        self.finish_pack(&mut pending)
+        self.hand_off(&mut pending)?;
+        while pending.closing > 0 {
+            pending = self.closed.wait(pending).expect("pack lock poisoned");
+        }
+        match &pending.failed {
+            Some(e) => Err(StoreError::Closing(e.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Ingest chunks of `data` cut at `ends`, then the recipe.
