@@ -149,7 +149,13 @@ fn clean(
         .map_err(|e| format!("reading from git: {e}"))?;
     if Pointer::looks_like(&head) && head.len() <= pointer::MAX_LEN {
         return match Pointer::parse(&head) {
-            Ok(_) => Ok(Answer::Bytes(head)),
+            Ok(p) => match store.recipe(&p.id) {
+                Ok(r) if r.size != p.size => Err(format!(
+                    "the pointer says {} bytes but its file has {}: it was edited by hand; restore it with `git checkout -- {path}`",
+                    p.size, r.size
+                )),
+                _ => Ok(Answer::Bytes(head)),
+            },
             Err(e) => Err(format!(
                 "{e}: the file looks like a lode pointer that was edited by hand; restore it with `git checkout -- {path}` or replace it with the real data"
             )),

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
+use crate::git::Committed;
 use crate::id::Id;
 use crate::index::{Entry, Kind};
 use crate::pack::PackFile;
@@ -46,17 +47,28 @@ pub struct Options {
     pub read_data: bool,
 }
 
-/// Check `store`; `history` maps committed file ids to their places (from
-/// [`crate::git::Repo::where_in_history`]).
-pub fn check(
-    store: &Store,
-    history: &HashMap<Id, Vec<(String, String)>>,
-    opts: &Options,
-) -> Report {
+/// Check `store`; `history` maps committed file ids to where they are
+/// committed (from [`crate::git::Repo::where_in_history`]).
+pub fn check(store: &Store, history: &HashMap<Id, Committed>, opts: &Options) -> Report {
     let mut report = Report::default();
     let mut problems: Vec<(Id, &'static str, String)> = Vec::new();
+    let index = store.index_entries();
 
-    // Packs on disk, their footers, and (with read_data) every byte.
+    // Index tables: checksums and order.
+    for (path, what) in store.verify_tables() {
+        problems.push((
+            Id::default(),
+            "index",
+            format!(
+                "{}: {what}; run `lode fsck --rebuild-index`",
+                path.display()
+            ),
+        ));
+    }
+
+    // Packs on disk, their footers, and (with read_data) every byte. A
+    // pack whose footer is unreadable is checked through the index entries
+    // that point into it, so its damage is still traced to files.
     let packs = match store.pack_files() {
         Ok(p) => p,
         Err(e) => {
@@ -65,62 +77,32 @@ pub fn check(
         }
     };
     report.packs = packs.len();
-    let per_pack: Vec<(
-        Id,
-        Result<Vec<Entry>, String>,
-        Vec<(Id, &'static str, String)>,
-        u64,
-    )> = packs
+    let mut by_pack: HashMap<Id, Vec<Entry>> = HashMap::new();
+    for e in &index {
+        by_pack.entry(e.pack).or_default().push(*e);
+    }
+    let per_pack: Vec<PackResult> = packs
         .par_iter()
         .map(|(id, path)| {
-            let mut bad = Vec::new();
-            let mut verified = 0;
-            let footer = PackFile::open(path).and_then(|p| {
-                let footer = p.footer()?;
-                if opts.read_data {
-                    match std::fs::read(path) {
-                        Ok(bytes) if Id::of_chunk(&bytes) != *id => {
-                            bad.push((
-                                *id,
-                                "pack",
-                                "pack bytes do not hash to its name".to_string(),
-                            ));
-                        }
-                        Ok(bytes) => verified += bytes.len() as u64,
-                        Err(e) => bad.push((*id, "pack", format!("cannot read: {e}"))),
-                    }
-                    for e in &footer {
-                        if let Err(err) = p.read_record(e) {
-                            let kind = if e.kind == Kind::Chunk {
-                                "chunk"
-                            } else {
-                                "file"
-                            };
-                            bad.push((e.id, kind, err.to_string()));
-                        }
-                    }
-                }
-                Ok(footer)
-            });
-            (*id, footer.map_err(|e| e.to_string()), bad, verified)
+            check_pack(
+                *id,
+                path,
+                by_pack.get(id).map(Vec::as_slice).unwrap_or(&[]),
+                opts,
+            )
         })
         .collect();
+    // Which pack holds each record (from footers, else from the index).
     let mut in_packs: HashMap<Id, Id> = HashMap::new();
-    for (pack, footer, bad, verified) in per_pack {
-        report.bytes_verified += verified;
-        problems.extend(bad);
-        match footer {
-            Ok(entries) => {
-                for e in entries {
-                    in_packs.insert(e.id, pack);
-                }
-            }
-            Err(e) => problems.push((pack, "pack", e)),
+    for r in per_pack {
+        report.bytes_verified += r.verified;
+        problems.extend(r.problems);
+        for id in r.holds {
+            in_packs.insert(id, r.pack);
         }
     }
 
-    // The index must point only at packs that exist and hold the record.
-    let index = store.index_entries();
+    // The index must point only at packs that exist.
     let pack_ids: HashSet<Id> = packs.iter().map(|(id, _)| *id).collect();
     let mut indexed: HashSet<Id> = HashSet::new();
     for e in &index {
@@ -163,22 +145,31 @@ pub fn check(
                     }
                 }
             }
-            Err(err) => {
-                if !problems.iter().any(|(id, _, _)| id == file) {
-                    problems.push((*file, "file", err.clone()));
-                }
-            }
+            Err(err) => problems.push((*file, "file", err.clone())),
         }
     }
 
-    // Every committed pointer must have its file here.
-    for id in history.keys() {
+    // Every committed pointer must have its file here, at the size it says.
+    for (id, committed) in history {
         if !indexed.contains(id) {
             problems.push((
                 *id,
                 "file",
                 "committed, but its data is not in the store".into(),
             ));
+            continue;
+        }
+        if let Some((_, Ok(r))) = decoded.iter().find(|(f, _)| f == id) {
+            if let Some(bad) = committed.sizes.iter().find(|&&s| s != r.size) {
+                problems.push((
+                    *id,
+                    "file",
+                    format!(
+                        "a committed pointer says {bad} bytes, the stored file has {}",
+                        r.size
+                    ),
+                ));
+            }
         }
     }
 
@@ -190,30 +181,30 @@ pub fn check(
             let mut files: Vec<Id> = match kind {
                 "chunk" => chunk_users.get(&object).cloned().unwrap_or_default(),
                 "file" => vec![object],
+                "pack" => {
+                    // Everything whose records live in the damaged pack.
+                    let lost: HashSet<Id> = in_packs
+                        .iter()
+                        .filter(|(_, p)| **p == object)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    decoded
+                        .iter()
+                        .filter(|(f, r)| {
+                            lost.contains(f)
+                                || r.as_ref()
+                                    .is_ok_and(|r| r.chunks.iter().any(|(c, _)| lost.contains(c)))
+                        })
+                        .map(|(f, _)| *f)
+                        .collect()
+                }
                 _ => Vec::new(),
             };
-            if kind == "pack" {
-                // Everything whose records lived in a damaged pack.
-                let lost: HashSet<Id> = in_packs
-                    .iter()
-                    .filter(|(_, p)| **p == object)
-                    .map(|(id, _)| *id)
-                    .collect();
-                files = decoded
-                    .iter()
-                    .filter(|(f, r)| {
-                        lost.contains(f)
-                            || r.as_ref()
-                                .is_ok_and(|r| r.chunks.iter().any(|(c, _)| lost.contains(c)))
-                    })
-                    .map(|(f, _)| *f)
-                    .collect();
-            }
             files.sort();
             files.dedup();
             let places = files
                 .iter()
-                .flat_map(|f| history.get(f).cloned().unwrap_or_default())
+                .flat_map(|f| history.get(f).map(|c| c.places.clone()).unwrap_or_default())
                 .collect();
             Problem {
                 object,
@@ -225,6 +216,82 @@ pub fn check(
         })
         .collect();
     report
+}
+
+struct PackResult {
+    pack: Id,
+    /// Ids of the records this pack holds (footer, else index).
+    holds: Vec<Id>,
+    problems: Vec<(Id, &'static str, String)>,
+    verified: u64,
+}
+
+/// Check one pack: its footer, the index entries that point into it, and
+/// with `read_data` every record and the pack's own hash.
+fn check_pack(id: Id, path: &std::path::Path, indexed: &[Entry], opts: &Options) -> PackResult {
+    let mut r = PackResult {
+        pack: id,
+        holds: Vec::new(),
+        problems: Vec::new(),
+        verified: 0,
+    };
+    let file = match PackFile::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            r.problems.push((id, "pack", e.to_string()));
+            r.holds = indexed.iter().map(|e| e.id).collect();
+            return r;
+        }
+    };
+    let footer = match file.footer() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            r.problems.push((id, "pack", e.to_string()));
+            None
+        }
+    };
+    let records: Vec<Entry> = match &footer {
+        Some(f) => {
+            let by_id: HashMap<Id, &Entry> = f.iter().map(|e| (e.id, e)).collect();
+            for e in indexed {
+                let matches = by_id.get(&e.id).is_some_and(|f| {
+                    Entry {
+                        pack: e.pack,
+                        ..**f
+                    } == *e
+                });
+                if !matches {
+                    r.problems.push((
+                        e.id,
+                        kind_name(e.kind),
+                        "its index entry does not match its pack; run `lode fsck --rebuild-index`"
+                            .into(),
+                    ));
+                }
+            }
+            f.clone()
+        }
+        None => indexed.to_vec(),
+    };
+    r.holds = records.iter().map(|e| e.id).collect();
+    if opts.read_data {
+        if footer.is_some() {
+            match std::fs::read(path) {
+                Ok(bytes) if Id::of_chunk(&bytes) != id => {
+                    r.problems
+                        .push((id, "pack", "pack bytes do not hash to its name".into()))
+                }
+                Ok(bytes) => r.verified += bytes.len() as u64,
+                Err(e) => r.problems.push((id, "pack", format!("cannot read: {e}"))),
+            }
+        }
+        for e in &records {
+            if let Err(err) = file.read_record(e) {
+                r.problems.push((e.id, kind_name(e.kind), err.to_string()));
+            }
+        }
+    }
+    r
 }
 
 fn kind_name(kind: Kind) -> &'static str {

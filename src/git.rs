@@ -43,6 +43,15 @@ pub struct Tracked {
     pub pointer: Pointer,
 }
 
+/// Where a file id is committed.
+#[derive(Clone, Debug, Default)]
+pub struct Committed {
+    /// The sizes pointers to it claim (more than one means a bad pointer).
+    pub sizes: std::collections::BTreeSet<u64>,
+    /// (short commit id, path) places.
+    pub places: Vec<(String, String)>,
+}
+
 pub struct Repo {
     pub repo: gix::Repository,
     pub workdir: PathBuf,
@@ -179,9 +188,9 @@ impl Repo {
         Ok(Pointer::parse(&blob.data).ok())
     }
 
-    /// Every (commit, path) of history (all refs) where each file id is
-    /// committed, at most `per_id` places per id.
-    pub fn where_in_history(&self, per_id: usize) -> Result<HashMap<Id, Vec<(String, String)>>> {
+    /// Every file id committed anywhere in history (all refs), with the
+    /// sizes its pointers claim and up to `per_id` (commit, path) places.
+    pub fn where_in_history(&self, per_id: usize) -> Result<HashMap<Id, Committed>> {
         let mut tips = Vec::new();
         let refs = self.repo.references().map_err(|e| GitError::Rev {
             rev: "refs".into(),
@@ -204,7 +213,7 @@ impl Repo {
         if let Ok(head) = self.repo.head_id() {
             tips.push(head.detach());
         }
-        let mut out: HashMap<Id, Vec<(String, String)>> = HashMap::new();
+        let mut out: HashMap<Id, Committed> = HashMap::new();
         let mut seen_trees = HashSet::new();
         let walk = self.repo.rev_walk(tips).all().map_err(|e| GitError::Rev {
             rev: "history".into(),
@@ -228,9 +237,10 @@ impl Repo {
             }
             let short = info.id.to_hex_with_len(10).to_string();
             for t in self.pointers_in_tree(&tree)? {
-                let places = out.entry(t.pointer.id).or_default();
-                if places.len() < per_id {
-                    places.push((short.clone(), t.path));
+                let c = out.entry(t.pointer.id).or_default();
+                c.sizes.insert(t.pointer.size);
+                if c.places.len() < per_id {
+                    c.places.push((short.clone(), t.path));
                 }
             }
         }

@@ -264,6 +264,43 @@ impl PackFile {
         Ok(out)
     }
 
+    /// Recover the records of a pack whose footer is lost, by walking the
+    /// self-describing records from the header on. Stops at the first bytes
+    /// that are not a valid, verified record (the footer, or damage): what
+    /// is returned is exactly the records that read back correctly.
+    pub fn scan(&self) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut at = HEADER;
+        while at + RECORD_HEADER as u64 <= self.len {
+            let Ok(h) = self.read_at(at, RECORD_HEADER) else {
+                break;
+            };
+            let (Some(kind), Some(codec)) = (Kind::from_u8(h[0]), Codec::from_u8(h[1])) else {
+                break;
+            };
+            let raw_len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+            let stored_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+            let entry = Entry {
+                id: Id(h[12..44].try_into().expect("32 bytes")),
+                pack: Id::default(),
+                offset: at,
+                stored_len,
+                raw_len,
+                kind,
+                codec,
+            };
+            let Ok(raw) = self.read_record(&entry) else {
+                break;
+            };
+            if kind == Kind::Recipe && crate::recipe::Recipe::decode(&raw, &entry.id).is_err() {
+                break;
+            }
+            out.push(entry);
+            at += RECORD_HEADER as u64 + stored_len as u64;
+        }
+        out
+    }
+
     /// Read, decode and verify one record. Chunks are checked against their
     /// id here; recipes are checked by [`crate::recipe::Recipe::decode`].
     pub fn read_record(&self, e: &Entry) -> Result<Vec<u8>, PackError> {

@@ -119,6 +119,8 @@ pub struct Store {
 pub struct Inner {
     root: PathBuf,
     tables: RwLock<Vec<(PathBuf, Mapped)>>,
+    /// Index tables that could not be loaded, and why (fsck reports them).
+    bad_tables: Mutex<Vec<(PathBuf, String)>>,
     pending: Mutex<Pending>,
     closed: Condvar,
     closer: Mutex<Option<(mpsc::Sender<Closing>, std::thread::JoinHandle<()>)>>,
@@ -136,7 +138,13 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Packs already handed over are finished; the open one (never
         // flushed, so never reported as stored) is discarded.
-        let closer = self.inner.closer.lock().map(|mut c| c.take()).ok().flatten();
+        let closer = self
+            .inner
+            .closer
+            .lock()
+            .map(|mut c| c.take())
+            .ok()
+            .flatten();
         if let Some((tx, handle)) = closer {
             drop(tx);
             let _ = handle.join();
@@ -157,7 +165,14 @@ impl Store {
         let inner = Arc::new(Inner {
             root: root.to_path_buf(),
             tables: RwLock::new(Vec::new()),
-            pending: Mutex::new(Pending { writer: None, open_ids: Vec::new(), ids: HashSet::new(), closing: 0, failed: None }),
+            bad_tables: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending {
+                writer: None,
+                open_ids: Vec::new(),
+                ids: HashSet::new(),
+                closing: 0,
+                failed: None,
+            }),
             closed: Condvar::new(),
             closer: Mutex::new(None),
             packs: Mutex::new(HashMap::new()),
@@ -169,7 +184,10 @@ impl Store {
             .name("lode-pack-closer".into())
             .spawn(move || {
                 for (writer, ids) in rx {
-                    let result = writer.finish(&worker.packs_dir()).map_err(StoreError::from).and_then(|(pack, mut entries)| worker.add_table(&[pack], &mut entries));
+                    let result = writer
+                        .finish(&worker.packs_dir())
+                        .map_err(StoreError::from)
+                        .and_then(|(pack, mut entries)| worker.add_table(&[pack], &mut entries));
                     let mut pending = worker.pending.lock().expect("pack lock poisoned");
                     pending.closing -= 1;
                     for id in &ids {
@@ -203,14 +221,21 @@ impl Inner {
     fn load_tables(&self) -> Result<()> {
         let dir = self.index_dir();
         let mut tables = Vec::new();
+        let mut bad = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let path = entry.map_err(io_err("list", &dir))?.path();
             if path.extension().is_some_and(|e| e == "idx") {
-                tables.push((path.clone(), map_table(&path)?));
+                // A damaged table must not stop every command (fsck among
+                // them): it is skipped here and reported by fsck.
+                match map_table(&path) {
+                    Ok(t) => tables.push((path, t)),
+                    Err(e) => bad.push((path, e.to_string())),
+                }
             }
         }
         tables.sort_by(|a, b| a.0.cmp(&b.0));
         *self.tables.write().expect("index lock poisoned") = tables;
+        *self.bad_tables.lock().expect("index lock poisoned") = bad;
         Ok(())
     }
 
@@ -221,7 +246,13 @@ impl Inner {
     }
 
     fn contains(&self, id: &Id) -> bool {
-        self.lookup(id).is_some() || self.pending.lock().expect("pack lock poisoned").ids.contains(id)
+        self.lookup(id).is_some()
+            || self
+                .pending
+                .lock()
+                .expect("pack lock poisoned")
+                .ids
+                .contains(id)
     }
 
     /// Whether the file's recipe is here (its chunks are then too: a recipe
@@ -233,12 +264,20 @@ impl Inner {
     /// Every entry of the index (for fsck and du).
     pub fn index_entries(&self) -> Vec<Entry> {
         let tables = self.tables.read().expect("index lock poisoned");
-        tables.iter().flat_map(|(_, t)| t.iter().flatten().collect::<Vec<_>>()).collect()
+        tables
+            .iter()
+            .flat_map(|(_, t)| t.iter().flatten().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Paths of the loaded index tables.
     pub fn table_paths(&self) -> Vec<PathBuf> {
-        self.tables.read().expect("index lock poisoned").iter().map(|(p, _)| p.clone()).collect()
+        self.tables
+            .read()
+            .expect("index lock poisoned")
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     fn append(&self, kind: Kind, id: Id, raw: &[u8]) -> Result<bool> {
@@ -282,8 +321,11 @@ impl Inner {
             return Ok(());
         }
         let closer = self.closer.lock().expect("closer lock poisoned");
-        let (tx, _) = closer.as_ref().ok_or_else(|| StoreError::Closing("the store is closing".into()))?;
-        tx.send((writer, ids)).map_err(|_| StoreError::Closing("the pack closer stopped".into()))?;
+        let (tx, _) = closer
+            .as_ref()
+            .ok_or_else(|| StoreError::Closing("the store is closing".into()))?;
+        tx.send((writer, ids))
+            .map_err(|_| StoreError::Closing("the pack closer stopped".into()))?;
         pending.closing += 1;
         Ok(())
     }
@@ -309,10 +351,17 @@ impl Inner {
     pub fn merge_tables(&self) -> Result<()> {
         let old = self.table_paths();
         let mut entries = self.index_entries();
-        let mut packs: Vec<Id> = entries.iter().map(|e| e.pack).collect::<HashSet<_>>().into_iter().collect();
+        let mut packs: Vec<Id> = entries
+            .iter()
+            .map(|e| e.pack)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         packs.sort();
         let bytes = index::encode(&packs, &mut entries);
-        let path = self.index_dir().join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
+        let path = self
+            .index_dir()
+            .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
         durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
         for p in old.iter().filter(|p| **p != path) {
             std::fs::remove_file(p).map_err(io_err("remove merged index table", p))?;
@@ -321,20 +370,38 @@ impl Inner {
         self.load_tables()
     }
 
-    /// Rebuild the index from the pack footers alone (the index is derived
-    /// data). Returns the number of packs indexed; unreadable packs are
-    /// returned as errors for the caller to report.
-    pub fn rebuild_index(&self) -> Result<(usize, Vec<StoreError>)> {
+    /// Rebuild the index from the packs alone (the index is derived data):
+    /// from each pack's footer, or, where the footer is damaged, from a scan
+    /// of its self-describing records, keeping those that verify. Returns
+    /// the number of packs indexed and a note for each pack that needed a
+    /// scan or could not be read.
+    pub fn rebuild_index(&self) -> Result<(usize, Vec<String>)> {
+        self.flush()?;
         let mut entries = Vec::new();
         let mut packs = Vec::new();
-        let mut errors = Vec::new();
+        let mut notes = Vec::new();
         for (id, path) in self.pack_files()? {
-            match PackFile::open(&path).and_then(|p| p.footer()) {
-                Ok(footer) => {
-                    packs.push(id);
-                    entries.extend(footer.into_iter().map(|e| Entry { pack: id, ..e }));
+            let file = match PackFile::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    notes.push(e.to_string());
+                    continue;
                 }
-                Err(e) => errors.push(e.into()),
+            };
+            let found = match file.footer() {
+                Ok(footer) => footer,
+                Err(e) => {
+                    let scanned = file.scan();
+                    notes.push(format!(
+                        "{e}; recovered {} record(s) by scanning it",
+                        scanned.len()
+                    ));
+                    scanned
+                }
+            };
+            if !found.is_empty() {
+                packs.push(id);
+                entries.extend(found.into_iter().map(|e| Entry { pack: id, ..e }));
             }
         }
         let bytes = index::encode(&packs, &mut entries);
@@ -345,8 +412,34 @@ impl Inner {
         for p in self.table_paths().iter().filter(|p| **p != path) {
             std::fs::remove_file(p).map_err(io_err("remove old index table", p))?;
         }
+        for entry in std::fs::read_dir(self.index_dir())
+            .map_err(io_err("list", &self.index_dir()))?
+            .flatten()
+        {
+            // Tables that failed to load (damaged) are not in table_paths.
+            let p = entry.path();
+            if p != path && p.extension().is_some_and(|e| e == "idx") {
+                std::fs::remove_file(&p).map_err(io_err("remove old index table", &p))?;
+            }
+        }
+        durable::sync_dir(&self.index_dir()).map_err(io_err("fsync", &self.index_dir()))?;
         self.load_tables()?;
-        Ok((packs.len(), errors))
+        Ok((packs.len(), notes))
+    }
+
+    /// Verify every index table's checksum and order; returns the damaged
+    /// ones with what is wrong.
+    pub fn verify_tables(&self) -> Vec<(PathBuf, String)> {
+        let mut bad = self.bad_tables.lock().expect("index lock poisoned").clone();
+        for path in self.table_paths() {
+            let result = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Table::parse(b, true).map(|_| ()).map_err(|e| e.to_string()));
+            if let Err(e) = result {
+                bad.push((path, e));
+            }
+        }
+        bad
     }
 
     /// Every `packs/<id>.pack` file.

@@ -29,10 +29,10 @@ pub struct FsckArgs {
 pub fn run(ctx: &Ctx, args: FsckArgs) -> Result<Outcome> {
     let (repo, store) = ctx.open()?;
     if args.rebuild_index {
-        let (n, errors) = store.rebuild_index()?;
+        let (n, notes) = store.rebuild_index()?;
         ctx.note(format!("rebuilt the index from {n} pack(s)"));
-        for e in errors {
-            eprintln!("lode: skipped an unreadable pack: {e}");
+        for note in notes {
+            eprintln!("lode: {note}");
         }
     }
     let history = repo.where_in_history(3)?;
