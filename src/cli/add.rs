@@ -92,7 +92,10 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    store.flush().context("storing the data")?;
+    store.flush().with_context(|| {
+        let more = if files.len() > 1 { format!(" and {} more", files.len() - 1) } else { String::new() };
+        format!("storing the data of {}{more}; nothing was staged", files[0])
+    })?;
 
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
     let mut failures = Vec::new();
