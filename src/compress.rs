@@ -60,7 +60,10 @@ pub fn encode(raw: &[u8]) -> (Codec, Option<Vec<u8>>) {
             let sample = &raw[..SAMPLE];
             let budget = SAMPLE - SAMPLE / 10;
             let mut out = vec![0u8; budget];
-            if !c.compress_to_buffer(sample, &mut out[..]).is_ok_and(|n| n <= budget) {
+            if !c
+                .compress_to_buffer(sample, &mut out[..])
+                .is_ok_and(|n| n <= budget)
+            {
                 return None;
             }
         }

@@ -364,7 +364,7 @@ impl Inner {
             .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
         durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
         for p in old.iter().filter(|p| **p != path) {
-            std::fs::remove_file(p).map_err(io_err("remove merged index table", p))?;
+            remove_table(p)?;
         }
         durable::sync_dir(&self.index_dir()).map_err(io_err("fsync", &self.index_dir()))?;
         self.load_tables()
@@ -410,7 +410,7 @@ impl Inner {
             .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
         durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
         for p in self.table_paths().iter().filter(|p| **p != path) {
-            std::fs::remove_file(p).map_err(io_err("remove old index table", p))?;
+            remove_table(p)?;
         }
         for entry in std::fs::read_dir(self.index_dir())
             .map_err(io_err("list", &self.index_dir()))?
@@ -419,7 +419,7 @@ impl Inner {
             // Tables that failed to load (damaged) are not in table_paths.
             let p = entry.path();
             if p != path && p.extension().is_some_and(|e| e == "idx") {
-                std::fs::remove_file(&p).map_err(io_err("remove old index table", &p))?;
+                remove_table(&p)?;
             }
         }
         durable::sync_dir(&self.index_dir()).map_err(io_err("fsync", &self.index_dir()))?;
@@ -773,6 +773,18 @@ fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usiz
         }
     }
     Ok(got)
+}
+
+/// Remove a superseded index table. Another process merging at the same
+/// time may have removed it already: that is fine, its entries are in a
+/// merged table (both merges keep everything they saw).
+fn remove_table(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_err("remove superseded index table", path)(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn map_table(path: &Path) -> Result<Mapped> {

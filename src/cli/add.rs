@@ -93,7 +93,11 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
         b.finish_and_clear();
     }
     store.flush().with_context(|| {
-        let more = if files.len() > 1 { format!(" and {} more", files.len() - 1) } else { String::new() };
+        let more = if files.len() > 1 {
+            format!(" and {} more", files.len() - 1)
+        } else {
+            String::new()
+        };
         format!("storing the data of {}{more}; nothing was staged", files[0])
     })?;
 

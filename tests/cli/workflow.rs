@@ -254,3 +254,54 @@ fn ordinary_files_are_left_alone() {
     );
     let _ = Path::new("");
 }
+
+/// The clean filter chunks a large working file from disk in parallel while
+/// it compares git's stream with it; when git cleans other bytes under that
+/// path (`git hash-object --path`), what git sent is what counts.
+#[test]
+fn clean_stores_what_git_sends_even_when_the_file_on_disk_differs() {
+    let env = Env::new();
+    let repo = tracked_repo(&env, "repo");
+    let (a, b) = (
+        repo.join("a.safetensors"),
+        env.tmp.path().join("b.safetensors"),
+    );
+    env.model(&a, 6.0, 1);
+    env.finetune(&a, &b, 2, 9);
+    let ours = env.lode_ok(&repo, &["hash", b.to_str().unwrap()]);
+    let want = ours.split_whitespace().next().unwrap();
+    let blob = env.git_in(
+        &repo,
+        &[
+            "hash-object",
+            "-w",
+            "--path=a.safetensors",
+            b.to_str().unwrap(),
+        ],
+    );
+    let pointer = env.git_in(&repo, &["cat-file", "-p", blob.trim()]);
+    assert!(
+        pointer.contains(&format!("oid {want}\n")),
+        "{pointer} vs {ours}"
+    );
+    // And the usual case: the working file itself.
+    let ours = env.lode_ok(&repo, &["hash", "a.safetensors"]);
+    let blob = env.git_in(&repo, &["hash-object", "-w", "a.safetensors"]);
+    let pointer = env.git_in(&repo, &["cat-file", "-p", blob.trim()]);
+    assert!(pointer.contains(&format!(
+        "oid {}\n",
+        ours.split_whitespace().next().unwrap()
+    )));
+    // Both are stored in full.
+    env.lode_ok(&repo, &["fsck", "--read-data"]);
+    let mut out = Vec::new();
+    let pid = pointer
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("oid ")
+        .to_string();
+    out.extend_from_slice(pid.as_bytes());
+    let show = env.lode_ok(&repo, &["show", &pid]);
+    assert!(show.contains("chunks"), "{show}");
+}
