@@ -304,17 +304,33 @@ impl PackFile {
     /// Read, decode and verify one record. Chunks are checked against their
     /// id here; recipes are checked by [`crate::recipe::Recipe::decode`].
     pub fn read_record(&self, e: &Entry) -> Result<Vec<u8>, PackError> {
-        let bad = |what: String| PackError::Record {
+        self.check_bounds(e)?;
+        let buf = self.read_at(e.offset, RECORD_HEADER + e.stored_len as usize)?;
+        self.decode_record(e, &buf)
+    }
+
+    fn check_bounds(&self, e: &Entry) -> Result<(), PackError> {
+        if e.raw_len > max_raw(e.kind) {
+            return Err(self.bad_record(e, format!("raw length {} exceeds the limit", e.raw_len)));
+        }
+        Ok(())
+    }
+
+    fn bad_record(&self, e: &Entry, what: String) -> PackError {
+        PackError::Record {
             path: self.path.clone(),
             id: e.id,
             offset: e.offset,
             what,
-        };
-        if e.raw_len > max_raw(e.kind) {
-            return Err(bad(format!("raw length {} exceeds the limit", e.raw_len)));
         }
-        let buf = self.read_at(e.offset, RECORD_HEADER + e.stored_len as usize)?;
-        let (h, payload) = buf.split_at(RECORD_HEADER);
+    }
+
+    /// Decode and verify a record from its bytes (header and payload).
+    pub fn decode_record(&self, e: &Entry, record: &[u8]) -> Result<Vec<u8>, PackError> {
+        if record.len() != RECORD_HEADER + e.stored_len as usize {
+            return Err(self.bad_record(e, "record is truncated".into()));
+        }
+        let (h, payload) = record.split_at(RECORD_HEADER);
         let want_len = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
         if h[0] != e.kind as u8
             || h[1] != e.codec as u8
@@ -322,14 +338,40 @@ impl PackFile {
             || want_len(8) != e.stored_len
             || h[12..44] != e.id.0
         {
-            return Err(bad("record header does not match the index".into()));
+            return Err(self.bad_record(e, "record header does not match the index".into()));
         }
         let raw = compress::decode(e.codec, payload, e.raw_len as usize)
-            .map_err(|err| bad(err.to_string()))?;
+            .map_err(|err| self.bad_record(e, err.to_string()))?;
         if e.kind == Kind::Chunk && Id::of_chunk(&raw) != e.id {
-            return Err(bad("bytes do not hash to the chunk id".into()));
+            return Err(self.bad_record(e, "bytes do not hash to the chunk id".into()));
         }
         Ok(raw)
+    }
+
+    /// Read consecutive records with one read: `entries` sorted by offset,
+    /// each starting where the previous one ends (or the same record again).
+    /// Every record is decoded and verified.
+    pub fn read_run(&self, entries: &[Entry]) -> Result<Vec<Vec<u8>>, PackError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(Vec::new());
+        };
+        for e in entries {
+            self.check_bounds(e)?;
+        }
+        let start = first.offset;
+        let end = last.offset + RECORD_HEADER as u64 + last.stored_len as u64;
+        let buf = self.read_at(start, (end - start) as usize)?;
+        entries
+            .iter()
+            .map(|e| {
+                let at = (e.offset - start) as usize;
+                let len = RECORD_HEADER + e.stored_len as usize;
+                let record = buf
+                    .get(at..at + len)
+                    .ok_or_else(|| self.bad_record(e, "record is outside its run".into()))?;
+                self.decode_record(e, record)
+            })
+            .collect()
     }
 }
 

@@ -32,7 +32,7 @@ use crate::durable;
 use crate::id::Id;
 use crate::index::{self, Entry, Kind, Table};
 use crate::layout;
-use crate::pack::{PackError, PackFile, PackWriter, TARGET_SIZE};
+use crate::pack::{self, PackError, PackFile, PackWriter, TARGET_SIZE};
 use crate::recipe::{Recipe, RecipeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +152,11 @@ impl Drop for Store {
     }
 }
 
-/// Bytes of chunks decoded at once when streaming a file out.
+/// Chunks read at once when a file is written out: 64 chunks, 4 MiB on
+/// average; batches of a materialized file run in parallel.
 const READ_BATCH: usize = 64;
+/// The largest single read of consecutive records.
+const RUN_BYTES: u64 = 8 << 20;
 
 impl Store {
     /// Open (creating the directories if needed) the store at `root`.
@@ -673,24 +676,95 @@ impl Inner {
         self.read_entry(id, Kind::Chunk, "chunk")
     }
 
+    /// The bytes of `chunks`, in order, every one verified. Records that
+    /// lie next to each other in a pack (the usual case for one file) are
+    /// read with one read of up to [`RUN_BYTES`]: a 1 GiB file is a few
+    /// hundred reads, not 16 000.
+    pub fn read_chunks(&self, chunks: &[(Id, u32)]) -> Result<Vec<Vec<u8>>> {
+        let mut located = Vec::with_capacity(chunks.len());
+        for (i, (id, _)) in chunks.iter().enumerate() {
+            let entry = match self.lookup(id) {
+                Some(e) if e.kind == Kind::Chunk => e,
+                _ => {
+                    // Not indexed yet (still in an open pack) or missing.
+                    let bytes = self.chunk(id)?;
+                    located.push((i, None, Some(bytes)));
+                    continue;
+                }
+            };
+            located.push((i, Some(entry), None));
+        }
+        let mut order: Vec<usize> = (0..located.len())
+            .filter(|&k| located[k].1.is_some())
+            .collect();
+        order.sort_by_key(|&k| {
+            let e = located[k].1.expect("filtered");
+            (e.pack, e.offset)
+        });
+        let mut runs: Vec<Vec<usize>> = Vec::new();
+        for k in order {
+            let e = located[k].1.expect("filtered");
+            let joins = runs
+                .last()
+                .and_then(|run| run.last())
+                .map(|&prev| located[prev].1.expect("filtered"))
+                .is_some_and(|p| {
+                    let end = p.offset + pack::RECORD_HEADER as u64 + p.stored_len as u64;
+                    let run_start = located[runs.last().expect("non-empty")[0]]
+                        .1
+                        .expect("filtered")
+                        .offset;
+                    p.pack == e.pack
+                        && (e.offset == p.offset || e.offset == end)
+                        && end - run_start < RUN_BYTES
+                });
+            if joins {
+                runs.last_mut().expect("non-empty").push(k);
+            } else {
+                runs.push(vec![k]);
+            }
+        }
+        let decoded: Vec<Vec<(usize, Vec<u8>)>> = runs
+            .par_iter()
+            .map(|run| {
+                let entries: Vec<Entry> = run
+                    .iter()
+                    .map(|&k| located[k].1.expect("filtered"))
+                    .collect();
+                let pack = self.pack(&entries[0].pack)?;
+                let bytes = pack.read_run(&entries)?;
+                Ok(run.iter().map(|&k| located[k].0).zip(bytes).collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut out: Vec<Option<Vec<u8>>> = located.into_iter().map(|(_, _, b)| b).collect();
+        for (i, bytes) in decoded.into_iter().flatten() {
+            out[i] = Some(bytes);
+        }
+        Ok(out
+            .into_iter()
+            .map(|b| b.expect("every chunk was read"))
+            .collect())
+    }
+
     /// Stream a file's bytes, every chunk verified before it is written.
     pub fn write_file(&self, id: &Id, out: &mut dyn Write) -> Result<u64> {
         let recipe = self.recipe(id)?;
         let out_path = Path::new("<output>");
-        for batch in recipe.chunks.chunks(READ_BATCH) {
-            let bytes: Vec<Vec<u8>> = batch
-                .par_iter()
-                .map(|(cid, _)| self.chunk(cid))
+        // Eight batches (32 MiB) decode in parallel, then go out in order.
+        for group in recipe.chunks.chunks(READ_BATCH * 8) {
+            let batches: Vec<Vec<Vec<u8>>> = group
+                .par_chunks(READ_BATCH)
+                .map(|b| self.read_chunks(b))
                 .collect::<Result<_>>()?;
-            for b in bytes {
-                out.write_all(&b).map_err(io_err("write", out_path))?;
+            for b in batches.iter().flatten() {
+                out.write_all(b).map_err(io_err("write", out_path))?;
             }
         }
         Ok(recipe.size)
     }
 
     /// Write a file's bytes to `dest` (atomically replacing whatever is
-    /// there), chunks decoded and written in parallel.
+    /// there): batches of chunks read, verified and written in parallel.
     pub fn materialize(&self, id: &Id, dest: &Path) -> Result<u64> {
         let recipe = self.recipe(id)?;
         let dir = dest
@@ -708,12 +782,14 @@ impl Inner {
         let offsets = recipe.offsets();
         recipe
             .chunks
-            .par_iter()
-            .zip(offsets.par_iter())
-            .try_for_each(|((cid, _), &at)| {
-                let bytes = self.chunk(cid)?;
-                file.write_all_at(&bytes, at)
-                    .map_err(io_err("write", tmp.path()))
+            .par_chunks(READ_BATCH)
+            .zip(offsets.par_chunks(READ_BATCH))
+            .try_for_each(|(batch, at)| {
+                for (bytes, &at) in self.read_chunks(batch)?.into_iter().zip(at) {
+                    file.write_all_at(&bytes, at)
+                        .map_err(io_err("write", tmp.path()))?;
+                }
+                Ok::<_, StoreError>(())
             })?;
         if let Ok(meta) = std::fs::metadata(dest) {
             let _ = std::fs::set_permissions(tmp.path(), meta.permissions());
