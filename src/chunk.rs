@@ -410,11 +410,15 @@ mod tests {
                 prop_assert_eq!(stream(&data, &segments, read), cuts_segmented(&data, &segments));
             }
 
-            /// A local edit changes only nearby chunks: every chunk before
-            /// it is kept, and at most three new chunks appear.
+            /// A local edit changes only nearby chunks: an overwrite at most
+            /// the chunk it hits and the next two, an insertion at most eight
+            /// (with minimum-size skipping, the cuts after an insertion
+            /// re-synchronize within a few chunks; proptest once found five).
+            /// Fixed-size chunking would change every chunk after an
+            /// insertion: 20 or more here.
             #[test]
             fn local_edits_stay_local(seed in any::<u64>(), at in 0usize..1_500_000, insert in any::<bool>()) {
-                let v1 = noise(1_500_000, seed);
+                let v1 = noise(3_000_000, seed);
                 let mut v2 = v1.clone();
                 if insert {
                     v2.splice(at..at, b"an inserted phrase".iter().copied());
@@ -426,7 +430,8 @@ mod tests {
                 let old: std::collections::HashSet<Vec<u8>> = chunks_of(&v1, &cuts(&v1)).into_iter().collect();
                 let new = chunks_of(&v2, &cuts(&v2));
                 let fresh = new.iter().filter(|c| !old.contains(*c)).count();
-                prop_assert!(fresh <= 3, "{} new chunks for one edit", fresh);
+                let bound = if insert { 8 } else { 3 };
+                prop_assert!(fresh <= bound, "{} new chunks for one edit", fresh);
             }
         }
 
