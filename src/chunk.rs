@@ -66,23 +66,42 @@ pub fn next_cut(data: &[u8]) -> usize {
     }
     let end = n.min(MAX_SIZE);
     let normal = end.min(AVG_SIZE);
-    let mut h: u64 = 0;
-    let mut i = MIN_SIZE;
-    while i < normal {
-        h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-        if h & MASK_STRICT == 0 {
-            return i + 1;
-        }
-        i += 1;
+    match scan(data, 0, MIN_SIZE, normal, MASK_STRICT) {
+        Ok(cut) => cut,
+        Err(h) => scan(data, h, normal, end, MASK_LOOSE).unwrap_or(end),
     }
-    while i < end {
-        h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-        if h & MASK_LOOSE == 0 {
-            return i + 1;
+}
+
+/// Roll the gear hash over `data[i..end]`: `Ok(chunk length)` at the first
+/// byte whose hash has the `mask` bits clear, else `Err(hash at end)`.
+///
+/// Two bytes per step with the same result as one at a time: since
+/// `h2 = 2·h1 + g1 = 4·h0 + (2·g0 + g1)` in wrapping arithmetic, the loop's
+/// dependency chain is one shift and one add per two bytes, and the middle
+/// hash `h1` is computed off that chain only to be tested (the figures are
+/// in docs/BENCHMARKS.md, B9).
+#[inline(always)]
+fn scan(data: &[u8], mut h: u64, mut i: usize, end: usize, mask: u64) -> Result<usize, u64> {
+    while i + 1 < end {
+        let g0 = GEAR[data[i] as usize];
+        let g1 = GEAR[data[i + 1] as usize];
+        let h1 = (h << 1).wrapping_add(g0);
+        h = (h << 2).wrapping_add((g0 << 1).wrapping_add(g1));
+        if h1 & mask == 0 {
+            return Ok(i + 1);
         }
-        i += 1;
+        if h & mask == 0 {
+            return Ok(i + 2);
+        }
+        i += 2;
     }
-    end
+    if i < end {
+        h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
+        if h & mask == 0 {
+            return Ok(i + 1);
+        }
+    }
+    Err(h)
 }
 
 /// Sequential cuts of `data[from..]`, stopping after the first cut at or past
@@ -433,6 +452,22 @@ mod tests {
                 let bound = if insert { 8 } else { 3 };
                 prop_assert!(fresh <= bound, "{} new chunks for one edit", fresh);
             }
+        }
+
+        /// Regression (found by `local_edits_stay_local`): an insertion
+        /// whose cuts took five chunks to re-synchronize.
+        #[test]
+        fn insertion_resync_regression_five_chunks() {
+            let v1 = noise(1_500_000, 14602578187562658382);
+            let mut v2 = v1.clone();
+            v2.splice(922_563..922_563, b"an inserted phrase".iter().copied());
+            let old: std::collections::HashSet<Vec<u8>> =
+                chunks_of(&v1, &cuts(&v1)).into_iter().collect();
+            let fresh = chunks_of(&v2, &cuts(&v2))
+                .into_iter()
+                .filter(|c| !old.contains(c))
+                .count();
+            assert!((1..=8).contains(&fresh), "{fresh} new chunks");
         }
 
         /// The same cuts with one thread or many, on input long enough to be

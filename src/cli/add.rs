@@ -15,8 +15,9 @@ use crate::statcache::{Stamp, StatCache};
 /// Files are chunked, deduplicated and compressed in parallel (across
 /// files, and within each large file); directories are added recursively.
 /// A path that no .gitattributes pattern routes to lode yet is tracked by
-/// its exact name first. Then `git add` stages the pointers: it finds each
-/// file in the stat cache and does not read it again.
+/// its exact name first. Then `git add` stages the pointers: the clean
+/// filter finds each file in the stat cache and does not chunk or hash it
+/// again.
 ///
 /// If any file fails (vanished, changed while read, disk full), nothing is
 /// staged; what was stored stays and is reused by the next attempt.

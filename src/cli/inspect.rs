@@ -41,13 +41,14 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
         .map(|(p, _)| p)
         .collect();
     // Staged pointers: blob ids from git's index.
-    let staged = staged_pointers(&repo)?;
+    let staged: std::collections::HashMap<String, Pointer> =
+        staged_pointers(&repo)?.into_iter().collect();
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
     let rows: Vec<(String, &'static str, Option<Pointer>, Option<(Stamp, Id)>)> = tracked
         .par_iter()
         .map(|path| {
             let abs = repo.workdir.join(path);
-            let staged = staged.iter().find(|(p, _)| p == path).map(|(_, ptr)| *ptr);
+            let staged = staged.get(path).copied();
             let Ok(meta) = std::fs::metadata(&abs) else {
                 return (path.clone(), "deleted", staged, None);
             };
