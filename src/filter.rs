@@ -170,24 +170,24 @@ fn clean(
             )),
         };
     }
-    if let Some(stamp) = stamp {
-        if let Some(id) = cache.get(path, &stamp).filter(|id| store.has_file(id)) {
-            let rest = std::io::copy(input, &mut std::io::sink())
-                .map_err(|e| format!("reading from git: {e}"))?;
-            if head.len() as u64 + rest == stamp.size {
-                return Ok(Answer::Bytes(
-                    Pointer {
-                        id,
-                        size: stamp.size,
-                    }
-                    .encode()
-                    .into_bytes(),
-                ));
-            }
-            return Err(
-                "the content git sent differs from the file on disk; run `lode add` on it".into(),
-            );
+    if let Some(stamp) = stamp
+        && let Some(id) = cache.get(path, &stamp).filter(|id| store.has_file(id))
+    {
+        let rest = std::io::copy(input, &mut std::io::sink())
+            .map_err(|e| format!("reading from git: {e}"))?;
+        if head.len() as u64 + rest == stamp.size {
+            return Ok(Answer::Bytes(
+                Pointer {
+                    id,
+                    size: stamp.size,
+                }
+                .encode()
+                .into_bytes(),
+            ));
         }
+        return Err(
+            "the content git sent differs from the file on disk; run `lode add` on it".into(),
+        );
     }
     let on_disk = stamp
         .filter(|s| s.size >= PARALLEL_FROM)

@@ -159,17 +159,17 @@ pub fn check(store: &Store, history: &HashMap<Id, Committed>, opts: &Options) ->
             ));
             continue;
         }
-        if let Some((_, Ok(r))) = decoded.iter().find(|(f, _)| f == id) {
-            if let Some(bad) = committed.sizes.iter().find(|&&s| s != r.size) {
-                problems.push((
-                    *id,
-                    "file",
-                    format!(
-                        "a committed pointer says {bad} bytes, the stored file has {}",
-                        r.size
-                    ),
-                ));
-            }
+        if let Some((_, Ok(r))) = decoded.iter().find(|(f, _)| f == id)
+            && let Some(bad) = committed.sizes.iter().find(|&&s| s != r.size)
+        {
+            problems.push((
+                *id,
+                "file",
+                format!(
+                    "a committed pointer says {bad} bytes, the stored file has {}",
+                    r.size
+                ),
+            ));
         }
     }
 

@@ -202,12 +202,11 @@ impl Repo {
         })?;
         for r in all.flatten() {
             let mut r = r;
-            if let Ok(id) = r.peel_to_id() {
-                if let Ok(obj) = id.object() {
-                    if obj.kind == gix::object::Kind::Commit {
-                        tips.push(id.detach());
-                    }
-                }
+            if let Ok(id) = r.peel_to_id()
+                && let Ok(obj) = id.object()
+                && obj.kind == gix::object::Kind::Commit
+            {
+                tips.push(id.detach());
             }
         }
         if let Ok(head) = self.repo.head_id() {

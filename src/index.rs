@@ -70,7 +70,7 @@ pub enum TableError {
 /// Serialize `entries` (any order) for `packs`. Each entry's `pack` must be
 /// one of `packs`, or the zero id when `packs` is empty (a pack footer).
 pub fn encode(packs: &[Id], entries: &mut [Entry]) -> Vec<u8> {
-    entries.sort_by(|a, b| (a.id, a.kind).cmp(&(b.id, b.kind)));
+    entries.sort_by_key(|a| (a.id, a.kind));
     let mut out = Vec::with_capacity(HEADER + packs.len() * 32 + entries.len() * ENTRY + CHECKSUM);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());

@@ -44,7 +44,7 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
     let staged: std::collections::HashMap<String, Pointer> =
         staged_pointers(&repo)?.into_iter().collect();
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
-    let rows: Vec<(String, &'static str, Option<Pointer>, Option<(Stamp, Id)>)> = tracked
+    let rows: Vec<StatusRow> = tracked
         .par_iter()
         .map(|path| {
             let abs = repo.workdir.join(path);
@@ -53,17 +53,15 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
                 return (path.clone(), "deleted", staged, None);
             };
             let stamp = Stamp::of(&meta);
-            if meta.len() <= pointer::MAX_LEN as u64 {
-                if let Ok(p) = std::fs::read(&abs).map(|b| Pointer::parse(&b)) {
-                    if let Ok(p) = p {
-                        let state = if store.has_file(&p.id) {
-                            "pointer"
-                        } else {
-                            "missing-data"
-                        };
-                        return (path.clone(), state, Some(p), None);
-                    }
-                }
+            if meta.len() <= pointer::MAX_LEN as u64
+                && let Ok(Ok(p)) = std::fs::read(&abs).map(|b| Pointer::parse(&b))
+            {
+                let state = if store.has_file(&p.id) {
+                    "pointer"
+                } else {
+                    "missing-data"
+                };
+                return (path.clone(), state, Some(p), None);
             }
             let (id, fresh) = match cache.get(path, &stamp) {
                 Some(id) => (Some(id), None),
@@ -101,6 +99,9 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
     }
     Ok(Outcome::Ok)
 }
+
+/// Path, state, staged pointer, and a freshly computed (stamp, id) to cache.
+type StatusRow = (String, &'static str, Option<Pointer>, Option<(Stamp, Id)>);
 
 /// (path, pointer) for every staged blob that is a lode pointer.
 fn staged_pointers(repo: &crate::git::Repo) -> Result<Vec<(String, Pointer)>> {
