@@ -14,8 +14,8 @@ use crate::statcache::{Stamp, StatCache};
 ///
 /// Files are chunked, deduplicated and compressed in parallel (across
 /// files, and within each large file); directories are added recursively.
-/// A path that no .gitattributes pattern routes to lode yet is tracked by
-/// its exact name first. Then `git add` stages the pointers: the clean
+/// What no .gitattributes pattern routes to lode yet is tracked first: a
+/// directory given here as `/dir/**`, a file by its exact name. Then `git add` stages the pointers: the clean
 /// filter finds each file in the stat cache and does not chunk or hash it
 /// again.
 ///
@@ -31,6 +31,9 @@ pub struct AddArgs {
 pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
     let (repo, store) = ctx.open()?;
     let mut files: Vec<String> = Vec::new();
+    // Directories given on the command line: an untracked file under one is
+    // tracked by a pattern for the whole directory, not file by file.
+    let mut dirs: Vec<String> = Vec::new();
     for arg in &args.paths {
         let rel = repo_relative(&repo, &ctx.cwd, arg)?;
         let abs = repo.workdir.join(&rel);
@@ -38,6 +41,7 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
             .with_context(|| format!("{} does not exist", arg.display()))?;
         if meta.is_dir() {
             walk(&repo.workdir, &rel, &mut files)?;
+            dirs.push(rel);
         } else if meta.is_file() {
             files.push(rel);
         } else {
@@ -56,12 +60,24 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
 
     // Route every path to lode.
     let filtered = repo.lode_filtered(&files)?;
-    let untracked: Vec<String> = files
+    let mut untracked: Vec<String> = files
         .iter()
         .zip(&filtered)
         .filter(|(_, f)| !**f)
-        .map(|(p, _)| setup::exact_pattern(p))
+        .map(|(p, _)| {
+            let dir = dirs
+                .iter()
+                .find(|d| d.is_empty() || p.starts_with(&format!("{d}/")));
+            match dir {
+                // Never a pattern for the whole tree: it would route
+                // .gitattributes itself through the filter.
+                Some(d) if d.is_empty() => setup::exact_pattern(p),
+                Some(d) => format!("{}/**", setup::exact_pattern(d)),
+                None => setup::exact_pattern(p),
+            }
+        })
         .collect();
+    untracked.dedup();
     let attributes = repo.workdir.join(".gitattributes");
     let added_patterns = setup::add_patterns(&attributes, &untracked)?;
     for p in &added_patterns {

@@ -126,6 +126,12 @@ fn lode_add_and_the_inspection_commands() {
     }
     env.model(&repo.join("model.safetensors"), 3.0, 4);
     env.lode_ok(&repo, &["add", "data", "model.safetensors"]);
+    // A directory is tracked as a whole, a file by its name.
+    let attributes = std::fs::read_to_string(repo.join(".gitattributes")).unwrap();
+    assert_eq!(
+        attributes,
+        "/data/** filter=lode diff=lode -text\n/model.safetensors filter=lode diff=lode -text\n"
+    );
     // Staged as pointers with the attributes file, ready to commit.
     let staged = env.git_in(&repo, &["diff", "--cached", "--name-only"]);
     assert!(
