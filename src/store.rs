@@ -181,6 +181,7 @@ impl Store {
             packs: Mutex::new(HashMap::new()),
         });
         inner.load_tables()?;
+        inner.index_orphans()?;
         let (tx, rx) = mpsc::channel::<Closing>();
         let worker = inner.clone();
         let handle = std::thread::Builder::new()
@@ -239,6 +240,37 @@ impl Inner {
         tables.sort_by(|a, b| a.0.cmp(&b.0));
         *self.tables.write().expect("index lock poisoned") = tables;
         *self.bad_tables.lock().expect("index lock poisoned") = bad;
+        Ok(())
+    }
+
+    /// Index packs that are durable but not indexed: a process killed
+    /// between a pack's rename and its index table leaves one. Its records
+    /// are good (the pack was fsynced first), so they are indexed now and
+    /// the next ingest finds them instead of storing them again.
+    fn index_orphans(&self) -> Result<()> {
+        let indexed: HashSet<Id> = {
+            let tables = self.tables.read().expect("index lock poisoned");
+            tables
+                .iter()
+                .flat_map(|(_, t)| t.packs().iter().copied())
+                .collect()
+        };
+        for (id, path) in self.pack_files()? {
+            if indexed.contains(&id) {
+                continue;
+            }
+            let Ok(file) = PackFile::open(&path) else {
+                continue;
+            };
+            // A pack whose footer does not read is left to `lode fsck`.
+            if let Ok(footer) = file.footer() {
+                let mut entries: Vec<Entry> = footer
+                    .into_iter()
+                    .map(|e| Entry { pack: id, ..e })
+                    .collect();
+                self.add_table(&[id], &mut entries)?;
+            }
+        }
         Ok(())
     }
 
