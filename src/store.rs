@@ -81,6 +81,19 @@ pub(crate) fn io_err<'a>(
     }
 }
 
+/// Like [`io_err`], but a file that is not there any more has vanished.
+fn vanished_or<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |e| match e.kind() {
+        std::io::ErrorKind::NotFound => StoreError::Vanished {
+            path: path.to_path_buf(),
+        },
+        _ => io_err(op, path)(e),
+    }
+}
+
 /// The outcome of ingesting one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ingested {
@@ -559,16 +572,7 @@ impl Inner {
     /// again afterwards: one that changed or vanished meanwhile is an error
     /// (its chunks stay stored and are reused by the next attempt).
     pub fn ingest_file(&self, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<Ingested> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::Vanished {
-                path: path.to_path_buf(),
-            },
-            _ => StoreError::Io {
-                op: "open",
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })?;
+        let file = File::open(path).map_err(vanished_or("open", path))?;
         let before = file.metadata().map_err(io_err("stat", path))?;
         let ingested = if before.len() == 0 {
             self.ingest_bytes(&[])?
@@ -584,16 +588,7 @@ impl Inner {
             let (ends, tensors) = plan(&map);
             self.ingest_cut(&map, &ends, tensors, progress)?
         };
-        let after = std::fs::metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::Vanished {
-                path: path.to_path_buf(),
-            },
-            _ => StoreError::Io {
-                op: "stat",
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })?;
+        let after = std::fs::metadata(path).map_err(vanished_or("stat", path))?;
         use std::os::unix::fs::MetadataExt;
         if after.len() != before.len()
             || after.mtime_nsec() != before.mtime_nsec()

@@ -125,6 +125,18 @@ fn names_place(report: &str, all_commits: &[String], path: &str) -> bool {
 
 /// A file of `len` pseudo-random bytes (xorshift64, fixed seed): fast to
 /// write, incompressible, the same on every run.
+/// `lode checkout` of a file whose data is damaged or gone: exit 2, the
+/// path named, and the pointer still in place (never partial bytes).
+/// Returns the pointer text.
+fn checkout_is_refused_and_keeps_the_pointer(env: &Env, repo: &Path, path: &str) -> String {
+    let pointer = pointer_in_place(env, repo, path);
+    let out = env.lode(repo, &["checkout"]);
+    assert_eq!(code(&out), Some(2), "{}", both(&out));
+    assert!(stderr(&out).contains(path), "{}", both(&out));
+    assert_eq!(std::fs::read_to_string(repo.join(path)).unwrap(), pointer);
+    pointer
+}
+
 fn random_file(path: &Path, len: usize, seed: u64) {
     let mut x = seed | 1;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
@@ -296,14 +308,7 @@ fn pack_truncated_to_half_is_reported_with_its_path() {
         );
     }
 
-    let pointer = pointer_in_place(&env, &repo, "model.safetensors");
-    let out = env.lode(&repo, &["checkout"]);
-    assert_eq!(code(&out), Some(2), "{}", both(&out));
-    assert!(stderr(&out).contains("model.safetensors"), "{}", both(&out));
-    assert_eq!(
-        std::fs::read_to_string(repo.join("model.safetensors")).unwrap(),
-        pointer
-    );
+    checkout_is_refused_and_keeps_the_pointer(&env, &repo, "model.safetensors");
 }
 
 /// A pack that lost only its last bytes (the trailer): every record is
@@ -445,14 +450,7 @@ fn flipped_byte_in_a_recipe_is_found_by_plain_fsck() {
         both(&out)
     );
 
-    let pointer = pointer_in_place(&env, &repo, "model.safetensors");
-    let out = env.lode(&repo, &["checkout"]);
-    assert_eq!(code(&out), Some(2), "{}", both(&out));
-    assert!(stderr(&out).contains("model.safetensors"), "{}", both(&out));
-    assert_eq!(
-        std::fs::read_to_string(repo.join("model.safetensors")).unwrap(),
-        pointer
-    );
+    let pointer = checkout_is_refused_and_keeps_the_pointer(&env, &repo, "model.safetensors");
 
     std::fs::remove_file(repo.join("model.safetensors")).unwrap();
     let out = env.run("git", &repo, &["checkout", "--", "model.safetensors"]);
@@ -591,14 +589,7 @@ fn fsck_names_committed_pointer_whose_data_is_missing() {
         );
     }
 
-    let pointer = pointer_in_place(&env, &repo, "model.safetensors");
-    let out = env.lode(&repo, &["checkout"]);
-    assert_eq!(code(&out), Some(2), "{}", both(&out));
-    assert!(stderr(&out).contains("model.safetensors"), "{}", both(&out));
-    assert_eq!(
-        std::fs::read_to_string(repo.join("model.safetensors")).unwrap(),
-        pointer
-    );
+    checkout_is_refused_and_keeps_the_pointer(&env, &repo, "model.safetensors");
 }
 
 // ---------------------------------------------------------------------------
