@@ -26,7 +26,7 @@ use gix::filter::plumbing::driver::process::{Server, Status};
 
 use crate::id::Id;
 use crate::pointer::{self, Pointer};
-use crate::statcache::{Stamp, StatCache};
+use crate::statcache::{self, Stamp, StatCache};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,20 @@ pub fn serve(
         // Read the whole request body first: the protocol needs it consumed
         // before any answer.
         let result = match command.as_str() {
-            "clean" => clean(workdir, store, cache, &path, &mut req.as_read()),
+            "clean" => {
+                let mut input = UntilEnd {
+                    inner: req.as_read(),
+                    ended: false,
+                };
+                let result = clean(workdir, store, cache, &path, &mut input);
+                if result.is_err() && !input.ended {
+                    // git's content must be consumed before any answer, or
+                    // the next request would start inside this one. (Once
+                    // it has ended, reading on would block on the next.)
+                    std::io::copy(&mut input, &mut std::io::sink())?;
+                }
+                result
+            }
             "smudge" => {
                 let mut input = Vec::new();
                 req.as_read()
@@ -117,7 +130,7 @@ pub fn serve(
                     Ok(_) => req.write_status(Status::Previous)?,
                     Err(e) => {
                         warn(format!(
-                            "{path}: {e}; the file in the working tree is incomplete, run `lode fsck --read-data`"
+                            "{path}: {e}; git discards the partial file, run `lode fsck --read-data`"
                         ));
                         req.write_status(Status::Named("error".into()))?;
                     }
@@ -136,6 +149,23 @@ pub fn serve(
     Ok(())
 }
 
+/// A request's content, remembering whether its end was reached.
+struct UntilEnd<R> {
+    inner: R,
+    ended: bool,
+}
+
+impl<R: Read> Read for UntilEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ended {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        self.ended = n == 0 && !buf.is_empty();
+        Ok(n)
+    }
+}
+
 enum Answer {
     Bytes(Vec<u8>),
     File(Id),
@@ -151,6 +181,7 @@ fn clean(
     let stamp = std::fs::symlink_metadata(workdir.join(path))
         .ok()
         .map(|m| Stamp::of(&m));
+    let read_at = statcache::now_ns();
     let mut head = Vec::new();
     input
         .take(pointer::MAX_LEN as u64 + 1)
@@ -193,15 +224,33 @@ fn clean(
         .filter(|s| s.size >= PARALLEL_FROM)
         .and_then(|_| map_file(&workdir.join(path)));
     let ingested = match on_disk {
-        Some(map) => ingest_alongside(store, &map, head, input)?,
+        Some(map) => {
+            let (ingested, same_as_disk) = ingest_alongside(store, &map, head, input)?;
+            // Both ways read the map after comparing parts of it: if the
+            // file changed meanwhile, what was stored may not be what git
+            // sent. Refuse rather than guess.
+            let after = std::fs::symlink_metadata(workdir.join(path))
+                .ok()
+                .map(|m| Stamp::of(&m));
+            if after != stamp {
+                return Err("the file changed while git was adding it; run `git add` again".into());
+            }
+            if same_as_disk {
+                // Stored bytes = git's bytes = the file on disk with this
+                // stamp: the next `git add` or `git status` may trust it.
+                let stamp = stamp.expect("mapped files have a stamp");
+                cache.insert(path.to_string(), stamp, ingested.id, read_at);
+            }
+            ingested
+        }
+        // A small file, or not on disk: git's stream is all there is, and
+        // nothing shows that it equals the file on disk, so nothing is
+        // cached.
         None => store
             .ingest_stream(std::io::Cursor::new(head).chain(input))
             .map_err(|e| e.to_string())?,
     };
     store.flush().map_err(|e| e.to_string())?;
-    if let Some(stamp) = stamp.filter(|s| s.size == ingested.size) {
-        cache.insert(path.to_string(), stamp, ingested.id);
-    }
     Ok(Answer::Bytes(
         Pointer {
             id: ingested.id,
@@ -232,13 +281,15 @@ fn map_file(path: &Path) -> Option<memmap2::Mmap> {
 /// parallel result stands. Different (the file changed meanwhile, or git
 /// is cleaning bytes that are not the working tree's): the stream is
 /// ingested instead, from the identical prefix, the differing bytes read so
-/// far and the rest of the stream. Whatever git sends is what gets stored.
+/// far and the rest of the stream. Whatever git sends is what gets stored;
+/// the caller re-checks the file's stamp, since both ways read the map
+/// after comparing it. Returns whether git's bytes equal the file's.
 fn ingest_alongside(
     store: &Store,
     map: &[u8],
     head: Vec<u8>,
     input: &mut dyn Read,
-) -> Result<crate::store::Ingested, String> {
+) -> Result<(crate::store::Ingested, bool), String> {
     let (parallel, mismatch) = std::thread::scope(|s| {
         let worker = s.spawn(|| store.ingest_bytes(map));
         let mismatch = compare_stream(&head, input, map);
@@ -246,13 +297,14 @@ fn ingest_alongside(
     });
     let parallel = parallel.map_err(|_| "ingest thread panicked".to_string())?;
     match mismatch.map_err(|e| format!("reading from git: {e}"))? {
-        None => parallel.map_err(|e| e.to_string()),
+        None => Ok((parallel.map_err(|e| e.to_string())?, true)),
         Some((prefix, pending)) => store
             .ingest_stream(
                 std::io::Cursor::new(&map[..prefix])
                     .chain(std::io::Cursor::new(pending))
                     .chain(input),
             )
+            .map(|ingested| (ingested, false))
             .map_err(|e| e.to_string()),
     }
 }

@@ -138,7 +138,7 @@ impl PackWriter {
         h[4..8].copy_from_slice(&(raw_len as u32).to_le_bytes());
         h[8..12].copy_from_slice(&(stored.len() as u32).to_le_bytes());
         h[12..44].copy_from_slice(&id.0);
-        self.entries.push(Entry {
+        let entry = Entry {
             id,
             pack: Id::default(),
             offset: self.offset,
@@ -146,9 +146,13 @@ impl PackWriter {
             raw_len: raw_len as u32,
             kind,
             codec,
-        });
+        };
+        // After a failed write the pack is unusable (its offsets no longer
+        // match the file): the caller must drop it, never append again.
         self.write(&h)?;
-        self.write(stored)
+        self.write(stored)?;
+        self.entries.push(entry);
+        Ok(())
     }
 
     /// Write the footer, make the pack durable under its final name in
@@ -274,8 +278,13 @@ impl PackFile {
         let mut out = Vec::with_capacity(table.len() as usize);
         for e in table.iter() {
             let e = e.ok_or_else(|| self.corrupt("footer entry is malformed"))?;
-            let end = e.offset + RECORD_HEADER as u64 + e.stored_len as u64;
-            if e.offset < HEADER || end > footer_at || e.raw_len > max_raw(e.kind) {
+            let end = e
+                .offset
+                .checked_add(RECORD_HEADER as u64 + e.stored_len as u64);
+            if e.offset < HEADER
+                || end.is_none_or(|end| end > footer_at)
+                || e.raw_len > max_raw(e.kind)
+            {
                 return Err(self.corrupt(format!("footer entry {} is out of bounds", e.id)));
             }
             out.push(e);
@@ -378,7 +387,11 @@ impl PackFile {
             self.check_bounds(e)?;
         }
         let start = first.offset;
-        let end = last.offset + RECORD_HEADER as u64 + last.stored_len as u64;
+        let end = last
+            .offset
+            .checked_add(RECORD_HEADER as u64 + last.stored_len as u64)
+            .filter(|&end| end >= start)
+            .ok_or_else(|| self.bad_record(last, "record range overflows".into()))?;
         let buf = self.read_at(start, (end - start) as usize)?;
         entries
             .iter()

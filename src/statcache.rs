@@ -5,10 +5,13 @@
 //! add` that follows runs the clean filter, which finds each file here and
 //! answers with its pointer without chunking it again. The same test git
 //! itself uses for its index (size, both times to the nanosecond, inode)
-//! decides whether an entry still holds. Entries are written only after the
-//! data they name is durable in the store.
+//! decides whether an entry still holds, and like git it does not trust a
+//! stamp taken within a timestamp tick of the file's last change. `lode
+//! add`, `lode checkout` and the clean filter record ids whose data is
+//! durable in the store; `lode status` also records ids it only hashed
+//! (the clean filter answers from the cache only when the data is stored).
 //!
-//! Stored as JSON (`{"version":1,"entries":{path:[size,mtime_ns,ctime_ns,ino,id]}}`),
+//! Stored as JSON (`{"version":1,"entries":{path:[{size,mtime_ns,ctime_ns,ino},"b3:…"]}}`),
 //! replaced atomically under a file lock, merged with what other processes
 //! wrote meanwhile.
 
@@ -21,6 +24,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable;
 use crate::id::Id;
+
+/// File timestamps tick coarsely (ext4 follows the kernel's jiffy: 1 to
+/// 10 ms); a stamp must be older than this when read to be trusted.
+pub const RACY_NS: i128 = 20_000_000;
+
+/// Wall-clock time in the units of [`Stamp`].
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Sleep until every stamp up to `newest_ns` is older than [`RACY_NS`], so
+/// files just written can be cached (at most 20 ms, once per command).
+pub fn wait_out_racy(newest_ns: i128) {
+    let wait = newest_ns + RACY_NS + 1 - now_ns();
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
@@ -73,8 +97,17 @@ impl StatCache {
             .map(|(_, id)| *id)
     }
 
-    pub fn insert(&mut self, key: String, stamp: Stamp, id: Id) {
+    /// Record that `key` with `stamp` holds file `id`, as observed by a read
+    /// that began at `read_at` (see [`now_ns`]). A file modified less than
+    /// [`RACY_NS`] before that read is not recorded: a write in the same
+    /// timestamp tick could change it without changing its stamp ("racy
+    /// git"). Returns whether it was recorded.
+    pub fn insert(&mut self, key: String, stamp: Stamp, id: Id, read_at: i128) -> bool {
+        if stamp.mtime_ns.max(stamp.ctime_ns) + RACY_NS > read_at {
+            return false;
+        }
         self.updates.insert(key, (stamp, id));
+        true
     }
 
     /// Write the updates, merged into what is on disk now.
@@ -127,7 +160,12 @@ mod tests {
         std::fs::write(&f, b"one").unwrap();
         let stamp = Stamp::of(&std::fs::metadata(&f).unwrap());
         let mut c = StatCache::load(&dir.path().join("statcache"));
-        c.insert("f".into(), stamp, Id::of_chunk(b"one"));
+        assert!(
+            !c.insert("f".into(), stamp, Id::of_chunk(b"one"), now_ns()),
+            "a stamp this fresh is racy"
+        );
+        wait_out_racy(stamp.mtime_ns.max(stamp.ctime_ns));
+        assert!(c.insert("f".into(), stamp, Id::of_chunk(b"one"), now_ns()));
         c.save().unwrap();
         let c = StatCache::load(&dir.path().join("statcache"));
         assert_eq!(c.get("f", &stamp), Some(Id::of_chunk(b"one")));

@@ -66,6 +66,10 @@ pub enum StoreError {
     Vanished { path: PathBuf },
     #[error("storing data failed: {0}")]
     Closing(String),
+    #[error(
+        "a file of {size} bytes in {chunks} chunks is larger than format lode/1 can describe (about 7 M chunks, 480 GB)"
+    )]
+    TooLarge { size: u64, chunks: usize },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -136,7 +140,7 @@ pub struct Inner {
     bad_tables: Mutex<Vec<(PathBuf, String)>>,
     pending: Mutex<Pending>,
     closed: Condvar,
-    closer: Mutex<Option<(mpsc::Sender<Closing>, std::thread::JoinHandle<()>)>>,
+    closer: Mutex<Option<(mpsc::SyncSender<Closing>, std::thread::JoinHandle<()>)>>,
     packs: Mutex<HashMap<Id, Arc<PackFile>>>,
 }
 
@@ -195,16 +199,31 @@ impl Store {
         });
         inner.load_tables()?;
         inner.index_orphans()?;
-        let (tx, rx) = mpsc::channel::<Closing>();
+        // At most a few full packs wait to be closed: backpressure when the
+        // disk is slower than hashing (each waiting pack holds open files).
+        let (tx, rx) = mpsc::sync_channel::<Closing>(4);
         let worker = inner.clone();
         let handle = std::thread::Builder::new()
             .name("lode-pack-closer".into())
             .spawn(move || {
                 for (writer, ids) in rx {
-                    let result = writer
-                        .finish(&worker.packs_dir())
-                        .map_err(StoreError::from)
-                        .and_then(|(pack, mut entries)| worker.add_table(&[pack], &mut entries));
+                    // After one pack failed, later ones are discarded, not
+                    // closed: a later pack may hold the recipe of chunks
+                    // that were in the failed one.
+                    let failed = worker
+                        .pending
+                        .lock()
+                        .expect("pack lock poisoned")
+                        .failed
+                        .is_some();
+                    let result = if failed {
+                        Ok(())
+                    } else {
+                        writer
+                            .finish(&worker.packs_dir())
+                            .map_err(StoreError::from)
+                            .and_then(|(pack, mut entries)| worker.add_table(&[pack], &mut entries))
+                    };
                     let mut pending = worker.pending.lock().expect("pack lock poisoned");
                     pending.closing -= 1;
                     for id in &ids {
@@ -293,20 +312,22 @@ impl Inner {
         tables.iter().find_map(|(_, t)| t.lookup(id))
     }
 
+    /// Whether a record is stored or on its way (dedup). Pending first: the
+    /// closer indexes a pack before it forgets its pending ids, so this
+    /// order never misses a record that is moving between the two.
     fn contains(&self, id: &Id) -> bool {
-        self.lookup(id).is_some()
-            || self
-                .pending
-                .lock()
-                .expect("pack lock poisoned")
-                .ids
-                .contains(id)
+        self.pending
+            .lock()
+            .expect("pack lock poisoned")
+            .ids
+            .contains(id)
+            || self.lookup(id).is_some()
     }
 
-    /// Whether the file's recipe is here (its chunks are then too: a recipe
-    /// is only ever stored after its chunks).
+    /// Whether the file's recipe is durably stored (its chunks are then
+    /// too: a recipe is only ever stored after its chunks).
     pub fn has_file(&self, id: &Id) -> bool {
-        self.contains(id)
+        self.lookup(id).is_some_and(|e| e.kind == Kind::Recipe)
     }
 
     /// Every entry of the index (for fsck and du).
@@ -346,7 +367,14 @@ impl Inner {
         }
         let writer = pending.writer.as_mut().expect("just created");
         if let Err(e) = writer.append(kind, id, codec, raw.len(), stored) {
+            // The open pack is broken (I4): drop it with everything in it,
+            // and fail every later append and flush of this store.
+            pending.writer = None;
+            for open in std::mem::take(&mut pending.open_ids) {
+                pending.ids.remove(&open);
+            }
             pending.ids.remove(&id);
+            pending.failed.get_or_insert(e.to_string());
             return Err(e.into());
         }
         let full = writer.len() >= TARGET_SIZE;
@@ -535,9 +563,13 @@ impl Inner {
         let results: Vec<(Id, u32, bool)> = starts
             .par_windows(2)
             .map(|w| {
-                let bytes = &data[w[0]..w[1]];
-                let id = Id::of_chunk(bytes);
-                let new = self.append(Kind::Chunk, id, bytes)?;
+                // A private copy: `data` may be a map of a file another
+                // process is writing, and the bytes hashed must be the
+                // bytes stored (I1). One 64 KiB copy per chunk is cheap
+                // next to hashing it.
+                let bytes = data[w[0]..w[1]].to_vec();
+                let id = Id::of_chunk(&bytes);
+                let new = self.append(Kind::Chunk, id, &bytes)?;
                 progress(bytes.len() as u64);
                 Ok((id, bytes.len() as u32, new))
             })
@@ -558,7 +590,14 @@ impl Inner {
 
     fn store_recipe(&self, recipe: &Recipe) -> Result<Id> {
         let id = recipe.file_id();
-        self.append(Kind::Recipe, id, &recipe.encode())?;
+        let bytes = recipe.encode();
+        if bytes.len() > pack::MAX_RECIPE as usize {
+            return Err(StoreError::TooLarge {
+                size: recipe.size,
+                chunks: recipe.chunks.len(),
+            });
+        }
+        self.append(Kind::Recipe, id, &bytes)?;
         Ok(id)
     }
 
@@ -589,12 +628,7 @@ impl Inner {
             self.ingest_cut(&map, &ends, tensors, progress)?
         };
         let after = std::fs::metadata(path).map_err(vanished_or("stat", path))?;
-        use std::os::unix::fs::MetadataExt;
-        if after.len() != before.len()
-            || after.mtime_nsec() != before.mtime_nsec()
-            || after.mtime() != before.mtime()
-            || after.ino() != before.ino()
-        {
+        if crate::statcache::Stamp::of(&after) != crate::statcache::Stamp::of(&before) {
             return Err(StoreError::Changed {
                 path: path.to_path_buf(),
             });
@@ -767,10 +801,23 @@ impl Inner {
         for (i, bytes) in decoded.into_iter().flatten() {
             out[i] = Some(bytes);
         }
-        Ok(out
-            .into_iter()
-            .map(|b| b.expect("every chunk was read"))
-            .collect())
+        // The recipe's lengths are part of the file id, the bytes' hash is
+        // the chunk id: both must agree, or offsets would shift (I3).
+        out.into_iter()
+            .zip(chunks)
+            .map(|(b, (id, len))| {
+                let b = b.expect("every chunk was read");
+                if b.len() != *len as usize {
+                    return Err(StoreError::Recipe {
+                        id: *id,
+                        source: RecipeError::Malformed(
+                            "a chunk's length differs from the length its recipe gives",
+                        ),
+                    });
+                }
+                Ok(b)
+            })
+            .collect()
     }
 
     /// Stream a file's bytes, every chunk verified before it is written.

@@ -8,7 +8,7 @@ use clap::Args;
 use rayon::prelude::*;
 
 use super::{Ctx, Outcome, human, repo_relative, setup};
-use crate::statcache::{Stamp, StatCache};
+use crate::statcache::{self, Stamp, StatCache};
 
 /// Store files in lode and stage them for the next commit.
 ///
@@ -85,6 +85,20 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
     }
 
     // Ingest in parallel.
+    // Files written a moment ago (a checkpoint just saved) would be racy in
+    // the stat cache: let their timestamps age one tick first, so that the
+    // `git add` below is answered from the cache.
+    let newest = files
+        .iter()
+        .filter_map(|rel| std::fs::metadata(repo.workdir.join(rel)).ok())
+        .map(|m| {
+            let s = Stamp::of(&m);
+            s.mtime_ns.max(s.ctime_ns)
+        })
+        .max()
+        .unwrap_or(0);
+    statcache::wait_out_racy(newest);
+    let read_at = statcache::now_ns();
     let stamps: Vec<(String, PathBuf, Option<Stamp>)> = files
         .iter()
         .map(|rel| {
@@ -126,7 +140,7 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
             (Ok(ing), Some(stamp)) => {
                 size += ing.size;
                 new += ing.new_bytes;
-                cache.insert(rel.clone(), *stamp, ing.id);
+                cache.insert(rel.clone(), *stamp, ing.id, read_at);
             }
             (Ok(_), None) => failures.push(format!("{rel}: vanished while it was being added")),
             (Err(e), _) => failures.push(e.to_string()),

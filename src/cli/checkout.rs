@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::{Ctx, Outcome, human, repo_relative};
 use crate::git::Repo;
 use crate::pointer::{self, Pointer};
-use crate::statcache::{Stamp, StatCache};
+use crate::statcache::{self, Stamp, StatCache};
 
 /// Replace pointer files in the working tree with their data, in parallel.
 ///
@@ -94,6 +94,12 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
         b.finish_and_clear();
     }
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
+    // The files were created here a moment ago, under temporary names that
+    // no other program knows: let their timestamps age one tick, then
+    // trust them (the residual race is a writer that finds a brand-new file
+    // within one tick of its rename).
+    statcache::wait_out_racy(statcache::now_ns());
+    let read_at = statcache::now_ns();
     let mut failed = 0;
     let mut bytes = 0;
     for (f, r) in &results {
@@ -101,7 +107,7 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
             Ok(n) => {
                 bytes += n;
                 if let Ok(meta) = std::fs::metadata(repo.workdir.join(&f.path)) {
-                    cache.insert(f.path.clone(), Stamp::of(&meta), f.pointer.id);
+                    cache.insert(f.path.clone(), Stamp::of(&meta), f.pointer.id, read_at);
                 }
             }
             Err(e) => {

@@ -44,6 +44,7 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
     let staged: std::collections::HashMap<String, Pointer> =
         staged_pointers(&repo)?.into_iter().collect();
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
+    let read_at = crate::statcache::now_ns();
     let rows: Vec<StatusRow> = tracked
         .par_iter()
         .map(|path| {
@@ -79,7 +80,7 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
         .collect();
     for (path, _, _, fresh) in &rows {
         if let Some((stamp, id)) = fresh {
-            cache.insert(path.clone(), *stamp, *id);
+            cache.insert(path.clone(), *stamp, *id, read_at);
         }
     }
     let _ = cache.save();
