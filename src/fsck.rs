@@ -134,14 +134,25 @@ pub fn check(store: &Store, history: &HashMap<Id, Committed>, opts: &Options) ->
         .par_iter()
         .map(|e| (e.id, store.recipe(&e.id).map_err(|err| err.to_string())))
         .collect();
+    let chunk_lens: HashMap<Id, u32> = index
+        .iter()
+        .filter(|e| e.kind == Kind::Chunk)
+        .map(|e| (e.id, e.raw_len))
+        .collect();
     let mut chunk_users: HashMap<Id, Vec<Id>> = HashMap::new();
     for (file, recipe) in &decoded {
         match recipe {
             Ok(r) => {
-                for (chunk, _) in &r.chunks {
+                for (chunk, len) in &r.chunks {
                     chunk_users.entry(*chunk).or_default().push(*file);
-                    if !indexed.contains(chunk) {
-                        problems.push((*chunk, "chunk", "missing from the store".into()));
+                    match chunk_lens.get(chunk) {
+                        None => problems.push((*chunk, "chunk", "missing from the store".into())),
+                        Some(stored) if stored != len => problems.push((
+                            *file,
+                            "file",
+                            format!("its recipe gives chunk {chunk} {len} bytes, the stored chunk has {stored}"),
+                        )),
+                        Some(_) => {}
                     }
                 }
             }
@@ -150,6 +161,10 @@ pub fn check(store: &Store, history: &HashMap<Id, Committed>, opts: &Options) ->
     }
 
     // Every committed pointer must have its file here, at the size it says.
+    let sizes: HashMap<Id, u64> = decoded
+        .iter()
+        .filter_map(|(f, r)| Some((*f, r.as_ref().ok()?.size)))
+        .collect();
     for (id, committed) in history {
         if !indexed.contains(id) {
             problems.push((
@@ -159,15 +174,15 @@ pub fn check(store: &Store, history: &HashMap<Id, Committed>, opts: &Options) ->
             ));
             continue;
         }
-        if let Some((_, Ok(r))) = decoded.iter().find(|(f, _)| f == id)
-            && let Some(bad) = committed.sizes.iter().find(|&&s| s != r.size)
+        if let Some(&size) = sizes.get(id)
+            && let Some(bad) = committed.sizes.iter().find(|&&s| s != size)
         {
             problems.push((
                 *id,
                 "file",
                 format!(
                     "a committed pointer says {bad} bytes, the stored file has {}",
-                    r.size
+                    size
                 ),
             ));
         }

@@ -115,6 +115,45 @@ impl Repo {
             .collect())
     }
 
+    /// `git add` these paths (relative to the working tree), passed on
+    /// stdin so any number of them fits.
+    pub fn stage<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let mut spec = Vec::new();
+        for p in paths {
+            spec.extend_from_slice(p.as_bytes());
+            spec.push(0);
+        }
+        if !spec.is_empty() {
+            self.git_with_input(
+                &["add", "--pathspec-from-file=-", "--pathspec-file-nul", "--"],
+                &spec,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The lode pointer staged in git's index for each path that has one.
+    pub fn staged_pointers(&self) -> Result<HashMap<String, Pointer>> {
+        let out = self.git(&["ls-files", "-s", "-z"])?;
+        let mut res = HashMap::new();
+        for rec in out.split('\0').filter(|r| !r.is_empty()) {
+            // "<mode> <oid> <stage>\t<path>"
+            let Some((meta, path)) = rec.split_once('\t') else {
+                continue;
+            };
+            let Some(oid) = meta.split(' ').nth(1) else {
+                continue;
+            };
+            let Ok(oid) = gix::ObjectId::from_hex(oid.as_bytes()) else {
+                continue;
+            };
+            if let Some(p) = self.pointer_blob(oid)? {
+                res.insert(path.to_string(), p);
+            }
+        }
+        Ok(res)
+    }
+
     /// Files in git's index (relative paths).
     pub fn index_files(&self) -> Result<Vec<String>> {
         let out = self.git(&["ls-files", "-z", "--cached"])?;

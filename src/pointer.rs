@@ -41,6 +41,16 @@ impl Pointer {
         bytes.starts_with(PREFIX)
     }
 
+    /// The pointer a regular file on disk holds, if it holds a valid one
+    /// (only files small enough to be a pointer are read).
+    pub fn read_file(path: &std::path::Path) -> Option<Pointer> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if !meta.is_file() || meta.len() > MAX_LEN as u64 {
+            return None;
+        }
+        Pointer::parse(&std::fs::read(path).ok()?).ok()
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Pointer, PointerError> {
         if !Self::looks_like(bytes) {
             return Err(PointerError::NotAPointer);

@@ -406,11 +406,28 @@ impl Inner {
         Ok(())
     }
 
-    fn add_table(&self, packs: &[Id], entries: &mut [Entry]) -> Result<()> {
+    /// Write a table durably under its content's name; returns its path.
+    fn write_table(&self, packs: &[Id], entries: &mut [Entry]) -> Result<PathBuf> {
         let bytes = index::encode(packs, entries);
-        let name = format!("{}.idx", Id::of_chunk(&bytes).to_hex());
-        let path = self.index_dir().join(name);
+        let path = self
+            .index_dir()
+            .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
         durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
+        Ok(path)
+    }
+
+    /// Remove tables superseded by one already durable, then reload: a
+    /// lookup never misses, whatever another process does meanwhile.
+    fn replace_tables(&self, new: &Path, old: &[PathBuf]) -> Result<()> {
+        for p in old.iter().filter(|p| p.as_path() != new) {
+            remove_table(p)?;
+        }
+        durable::sync_dir(&self.index_dir()).map_err(io_err("fsync", &self.index_dir()))?;
+        self.load_tables()
+    }
+
+    fn add_table(&self, packs: &[Id], entries: &mut [Entry]) -> Result<()> {
+        let path = self.write_table(packs, entries)?;
         let table = map_table(&path)?;
         let mut tables = self.tables.write().expect("index lock poisoned");
         tables.push((path, table));
@@ -422,11 +439,30 @@ impl Inner {
         Ok(())
     }
 
-    /// Merge every index table into one: the new table is durable before
-    /// any old one is removed, so a lookup never misses.
+    /// Merge the smaller index tables into one, keeping the largest
+    /// `MERGE_AT / 2` as they are. Tables grow like a log-structured tree:
+    /// each merge rewrites only small tables, so a store that gains one
+    /// pack at a time (a `git add` per file) does not rewrite its whole
+    /// index every few packs, and lookups stay within `MERGE_AT` tables.
     pub fn merge_tables(&self) -> Result<()> {
-        let old = self.table_paths();
-        let mut entries = self.index_entries();
+        let mut by_size: Vec<(u64, PathBuf)> = {
+            let tables = self.tables.read().expect("index lock poisoned");
+            tables.iter().map(|(p, t)| (t.len(), p.clone())).collect()
+        };
+        by_size.sort();
+        let keep = (index::MERGE_AT / 2).min(by_size.len().saturating_sub(2));
+        let merge: Vec<PathBuf> = by_size[..by_size.len() - keep]
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect();
+        let mut entries: Vec<Entry> = {
+            let tables = self.tables.read().expect("index lock poisoned");
+            tables
+                .iter()
+                .filter(|(p, _)| merge.contains(p))
+                .flat_map(|(_, t)| t.iter().flatten().collect::<Vec<_>>())
+                .collect()
+        };
         let mut packs: Vec<Id> = entries
             .iter()
             .map(|e| e.pack)
@@ -434,16 +470,8 @@ impl Inner {
             .into_iter()
             .collect();
         packs.sort();
-        let bytes = index::encode(&packs, &mut entries);
-        let path = self
-            .index_dir()
-            .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
-        durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
-        for p in old.iter().filter(|p| **p != path) {
-            remove_table(p)?;
-        }
-        durable::sync_dir(&self.index_dir()).map_err(io_err("fsync", &self.index_dir()))?;
-        self.load_tables()
+        let path = self.write_table(&packs, &mut entries)?;
+        self.replace_tables(&path, &merge)
     }
 
     /// Rebuild the index from the packs alone (the index is derived data):
@@ -480,26 +508,15 @@ impl Inner {
                 entries.extend(found.into_iter().map(|e| Entry { pack: id, ..e }));
             }
         }
-        let bytes = index::encode(&packs, &mut entries);
-        let path = self
-            .index_dir()
-            .join(format!("{}.idx", Id::of_chunk(&bytes).to_hex()));
-        durable::write(&path, &bytes).map_err(io_err("write index table", &path))?;
-        for p in self.table_paths().iter().filter(|p| **p != path) {
-            remove_table(p)?;
-        }
-        for entry in std::fs::read_dir(self.index_dir())
+        let path = self.write_table(&packs, &mut entries)?;
+        // Every table, including those that failed to load (damaged).
+        let old: Vec<PathBuf> = std::fs::read_dir(self.index_dir())
             .map_err(io_err("list", &self.index_dir()))?
             .flatten()
-        {
-            // Tables that failed to load (damaged) are not in table_paths.
-            let p = entry.path();
-            if p != path && p.extension().is_some_and(|e| e == "idx") {
-                remove_table(&p)?;
-            }
-        }
-        durable::sync_dir(&self.index_dir()).map_err(io_err("fsync", &self.index_dir()))?;
-        self.load_tables()?;
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+            .collect();
+        self.replace_tables(&path, &old)?;
         Ok((packs.len(), notes))
     }
 
@@ -982,5 +999,26 @@ mod tests {
         let s = store.ingest_stream(&v1[..]).unwrap();
         assert_eq!(s.id, a.id);
         assert_eq!(s.new_bytes, 0);
+    }
+
+    #[test]
+    fn many_small_packs_merge_into_few_tables_and_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..60u64 {
+            let data = noise(20_000 + i as usize, i + 1);
+            ids.push((store.ingest_bytes(&data).unwrap().id, data));
+            store.flush().unwrap(); // one pack, one table each
+        }
+        let tables = store.table_paths().len();
+        assert!(tables <= index::MERGE_AT, "{tables} tables");
+        let store = Store::open(dir.path()).unwrap();
+        for (id, data) in &ids {
+            let mut out = Vec::new();
+            store.write_file(id, &mut out).unwrap();
+            assert_eq!(&out, data);
+        }
+        assert_eq!(store.pack_files().unwrap().len(), 60);
     }
 }

@@ -40,8 +40,11 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
         let meta = std::fs::symlink_metadata(&abs)
             .with_context(|| format!("{} does not exist", arg.display()))?;
         if meta.is_dir() {
-            walk(&repo.workdir, &rel, &mut files)?;
-            dirs.push(rel);
+            let (under, control) = files_under(&repo, &rel)?;
+            files.extend(under);
+            if !control {
+                dirs.push(rel);
+            }
         } else if meta.is_file() {
             files.push(rel);
         } else {
@@ -163,16 +166,7 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
     if !added_patterns.is_empty() {
         stage.push(".gitattributes");
     }
-    let mut spec = Vec::new();
-    for f in stage {
-        spec.extend_from_slice(f.as_bytes());
-        spec.push(0);
-    }
-    repo.git_with_input(
-        &["add", "--pathspec-from-file=-", "--pathspec-file-nul", "--"],
-        &spec,
-    )
-    .context("staging with git add")?;
+    repo.stage(stage).context("staging with git add")?;
     let saved = if size > 0 {
         100.0 * (1.0 - new as f64 / size as f64)
     } else {
@@ -188,31 +182,38 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Regular files under `rel` (relative to `workdir`), skipping `.git`.
-fn walk(workdir: &std::path::Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
-    let dir = workdir.join(rel);
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            anyhow::bail!("{} has a name that is not UTF-8", entry.path().display());
-        };
-        if name == ".git" {
+/// The files `git add` would take under directory `rel`: tracked ones and
+/// untracked ones that are not ignored (git's own listing, so .gitignore
+/// holds), regular files only, without git's control files (`.gitignore`,
+/// `.gitattributes`, … at any depth) and the root `.lodeconfig`. Also says
+/// whether the directory holds such control files (then it must not be
+/// routed to lode as a whole).
+fn files_under(repo: &crate::git::Repo, rel: &str) -> Result<(Vec<String>, bool)> {
+    let spec = if rel.is_empty() { "." } else { rel };
+    let listing = repo.git(&[
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+        "--",
+        spec,
+    ])?;
+    let mut files = Vec::new();
+    let mut control = false;
+    for path in listing.split('\0').filter(|p| !p.is_empty()) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if name.starts_with(".git") {
+            control = true;
             continue;
         }
-        let child = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let ty = entry
-            .file_type()
-            .with_context(|| format!("stat {}", entry.path().display()))?;
-        if ty.is_dir() {
-            walk(workdir, &child, out)?;
-        } else if ty.is_file() && child != ".gitattributes" && child != ".lodeconfig" {
-            out.push(child);
+        if path == ".lodeconfig" {
+            continue;
+        }
+        let is_file = std::fs::symlink_metadata(repo.workdir.join(path)).is_ok_and(|m| m.is_file());
+        if is_file {
+            files.push(path.to_string());
         }
     }
-    Ok(())
+    Ok((files, control))
 }

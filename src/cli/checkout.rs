@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::{Ctx, Outcome, human, repo_relative};
 use crate::git::Repo;
-use crate::pointer::{self, Pointer};
+use crate::pointer::Pointer;
 use crate::statcache::{self, Stamp, StatCache};
 
 /// Replace pointer files in the working tree with their data, in parallel.
@@ -47,12 +47,7 @@ pub fn pointer_files(repo: &Repo, prefixes: &[String]) -> Result<Vec<PointerFile
         .zip(filtered)
         .filter(|(_, f)| *f)
         .filter_map(|(path, _)| {
-            let abs = repo.workdir.join(&path);
-            let meta = std::fs::symlink_metadata(&abs).ok()?;
-            if !meta.is_file() || meta.len() > pointer::MAX_LEN as u64 {
-                return None;
-            }
-            let pointer = Pointer::parse(&std::fs::read(&abs).ok()?).ok()?;
+            let pointer = Pointer::read_file(&repo.workdir.join(&path))?;
             Some(PointerFile { path, pointer })
         })
         .collect())
@@ -122,20 +117,15 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
     // data (the clean filter answers from the stat cache and yields the
     // same pointer blob, so nothing is hashed and the index content does
     // not change).
-    let mut spec = Vec::new();
-    for (f, r) in &results {
-        if r.is_ok() {
-            spec.extend_from_slice(f.path.as_bytes());
-            spec.push(0);
-        }
-    }
-    if !spec.is_empty() {
-        repo.git_with_input(
-            &["add", "--pathspec-from-file=-", "--pathspec-file-nul", "--"],
-            &spec,
-        )
-        .context("refreshing git's index")?;
-    }
+    // Only files whose staged pointer is the one materialized: staging a
+    // file whose index entry says something else would change what the
+    // user staged.
+    let staged = repo.staged_pointers()?;
+    let refresh = results
+        .iter()
+        .filter(|(f, r)| r.is_ok() && staged.get(&f.path) == Some(&f.pointer))
+        .map(|(f, _)| f.path.as_str());
+    repo.stage(refresh).context("refreshing git's index")?;
     for f in &missing {
         eprintln!(
             "lode: {}: data {} is not in the local store",

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{Ctx, Outcome, human, repo_relative};
 use crate::id::Id;
 use crate::index::Kind;
-use crate::pointer::{self, Pointer};
+use crate::pointer::Pointer;
 use crate::recipe::Recipe;
 use crate::statcache::{Stamp, StatCache};
 use crate::store;
@@ -41,8 +41,7 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
         .map(|(p, _)| p)
         .collect();
     // Staged pointers: blob ids from git's index.
-    let staged: std::collections::HashMap<String, Pointer> =
-        staged_pointers(&repo)?.into_iter().collect();
+    let staged = repo.staged_pointers()?;
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
     let read_at = crate::statcache::now_ns();
     let rows: Vec<StatusRow> = tracked
@@ -54,9 +53,7 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
                 return (path.clone(), "deleted", staged, None);
             };
             let stamp = Stamp::of(&meta);
-            if meta.len() <= pointer::MAX_LEN as u64
-                && let Ok(Ok(p)) = std::fs::read(&abs).map(|b| Pointer::parse(&b))
-            {
+            if let Some(p) = Pointer::read_file(&abs) {
                 let state = if store.has_file(&p.id) {
                     "pointer"
                 } else {
@@ -103,28 +100,6 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
 
 /// Path, state, staged pointer, and a freshly computed (stamp, id) to cache.
 type StatusRow = (String, &'static str, Option<Pointer>, Option<(Stamp, Id)>);
-
-/// (path, pointer) for every staged blob that is a lode pointer.
-fn staged_pointers(repo: &crate::git::Repo) -> Result<Vec<(String, Pointer)>> {
-    let out = repo.git(&["ls-files", "-s", "-z"])?;
-    let mut res = Vec::new();
-    for rec in out.split('\0').filter(|r| !r.is_empty()) {
-        // "<mode> <oid> <stage>\t<path>"
-        let Some((meta, path)) = rec.split_once('\t') else {
-            continue;
-        };
-        let Some(oid) = meta.split(' ').nth(1) else {
-            continue;
-        };
-        let Ok(oid) = gix::ObjectId::from_hex(oid.as_bytes()) else {
-            continue;
-        };
-        if let Ok(Some(p)) = repo.pointer_blob(oid) {
-            res.push((path.to_string(), p));
-        }
-    }
-    Ok(res)
-}
 
 /// List the tracked files of a commit: size, file id, whether the data is
 /// in the local store, path.
@@ -195,12 +170,9 @@ pub fn show(ctx: &Ctx, args: ShowArgs) -> Result<Outcome> {
     } else {
         let rel = repo_relative(&repo, &ctx.cwd, &PathBuf::from(&args.target))?;
         let abs = repo.workdir.join(&rel);
-        let bytes_head = std::fs::read(&abs)
-            .ok()
-            .filter(|b| b.len() <= pointer::MAX_LEN);
-        match bytes_head.as_deref().map(Pointer::parse) {
-            Some(Ok(p)) => (p.id, Some(p.size)),
-            _ => {
+        match Pointer::read_file(&abs) {
+            Some(p) => (p.id, Some(p.size)),
+            None => {
                 let r = store::identify_file(&abs)?;
                 (r.file_id(), Some(r.size))
             }
@@ -278,11 +250,11 @@ fn tensor_rows(r: &Recipe) -> Vec<(crate::layout::Tensor, String)> {
 }
 
 fn textconv(ctx: &Ctx, file: &str) -> Result<Outcome> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
     // git hands over either the committed pointer or, for the working tree
-    // and smudged blobs, the file itself: both summarize the same way.
-    let recipe = match Pointer::parse(&bytes) {
-        Ok(p) => {
+    // and smudged blobs, the file itself (mapped, never read into memory):
+    // both summarize the same way.
+    let recipe = match Pointer::read_file(std::path::Path::new(file)) {
+        Some(p) => {
             println!("lode file {}", p.id);
             println!("size {} ({} bytes)", human(p.size), p.size);
             match ctx
@@ -297,8 +269,9 @@ fn textconv(ctx: &Ctx, file: &str) -> Result<Outcome> {
                 }
             }
         }
-        Err(_) => {
-            let r = store::identify(&bytes);
+        None => {
+            let r = store::identify_file(std::path::Path::new(file))
+                .with_context(|| format!("reading {file}"))?;
             println!("lode file {}", r.file_id());
             println!("size {} ({} bytes)", human(r.size), r.size);
             r
@@ -325,8 +298,8 @@ pub fn hash(_ctx: &Ctx, args: HashArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Logical bytes (every stored file at its full size) against bytes on
-/// disk, and the dedup ratio. `--rev` also counts one commit's files.
+/// Logical bytes (every file in the store, each version at its full size)
+/// against the bytes of its packs on disk, and the dedup ratio.
 #[derive(Args)]
 pub struct DuArgs {
     /// Print JSON for scripts.

@@ -63,7 +63,7 @@ impl Env {
     }
 
     pub fn run(&self, program: &str, dir: &Path, args: &[&str]) -> Output {
-        self.cmd(program, dir).args(args).output().expect("spawn")
+        output(self.cmd(program, dir).args(args))
     }
 
     pub fn git_in(&self, dir: &Path, args: &[&str]) -> String {
@@ -128,6 +128,47 @@ impl Env {
             "make_model.py failed (the test command installs numpy and safetensors):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// Run a command to completion, but never for more than five minutes: a
+/// hung filter or git must fail the test, not stall the whole suite.
+pub fn output(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} ran for more than 5 minutes: hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
     }
 }
 

@@ -983,13 +983,13 @@ fn file_that_grows_while_added_is_refused_or_recorded_whole() {
         }
         _ => panic!("unexpected outcome: {}", both(&out)),
     }
-    env.lode_ok(&repo, &["fsck"]);
+    env.lode_ok(&repo, &["fsck", "--read-data"]);
     assert_eq!(leftovers(&repo.join(".git/lode")), Vec::<PathBuf>::new());
 
     // Again, undisturbed: the final contents are recorded and come back.
     env.lode_ok(&repo, &["add", "big.bin"]);
     assert_staged_is_file_and_restores(&env, &repo, "big.bin");
-    env.lode_ok(&repo, &["fsck"]);
+    env.lode_ok(&repo, &["fsck", "--read-data"]);
 }
 
 /// big.bin is deleted while `lode add` reads it. Nothing lost means: the
@@ -1029,7 +1029,7 @@ fn file_that_vanishes_while_added_is_refused() {
         }
         _ => panic!("unexpected outcome: {}", both(&out)),
     }
-    env.lode_ok(&repo, &["fsck"]);
+    env.lode_ok(&repo, &["fsck", "--read-data"]);
     assert_eq!(leftovers(&repo.join(".git/lode")), Vec::<PathBuf>::new());
 }
 
@@ -1068,7 +1068,7 @@ fn file_overwritten_in_place_while_added_is_refused_or_recorded_whole() {
         }
         _ => panic!("unexpected outcome: {}", both(&out)),
     }
-    env.lode_ok(&repo, &["fsck"]);
+    env.lode_ok(&repo, &["fsck", "--read-data"]);
 }
 
 /// A path that does not exist. Nothing lost means nothing to lose: exit

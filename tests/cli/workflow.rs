@@ -194,12 +194,11 @@ fn skip_smudge_then_lode_checkout() {
     env.git_in(&repo, &["commit", "-qm", "two"]);
     std::fs::remove_file(&a).unwrap();
     std::fs::remove_file(&b).unwrap();
-    let out = env
-        .cmd("git", &repo)
-        .env("LODE_SKIP_SMUDGE", "1")
-        .args(["checkout", "--", "."])
-        .output()
-        .unwrap();
+    let out = output(
+        env.cmd("git", &repo)
+            .env("LODE_SKIP_SMUDGE", "1")
+            .args(["checkout", "--", "."]),
+    );
     assert!(out.status.success());
     assert!(
         std::fs::read_to_string(&a)
@@ -310,4 +309,48 @@ fn clean_stores_what_git_sends_even_when_the_file_on_disk_differs() {
     out.extend_from_slice(pid.as_bytes());
     let show = env.lode_ok(&repo, &["show", &pid]);
     assert!(show.contains("chunks"), "{show}");
+}
+
+/// `lode add DIR` takes what `git add DIR` would: ignored files stay out,
+/// and git's own control files (a nested .gitattributes or .gitignore)
+/// stay plain git files, never pointers; a directory holding them is
+/// tracked file by file rather than as a whole.
+#[test]
+fn lode_add_of_a_directory_respects_git_ignore_and_control_files() {
+    let env = Env::new();
+    let repo = env.repo("repo");
+    std::fs::create_dir_all(repo.join("d/sub")).unwrap();
+    std::fs::write(repo.join("d/a.bin"), vec![1u8; 100_000]).unwrap();
+    std::fs::write(repo.join("d/sub/b.bin"), vec![2u8; 100_000]).unwrap();
+    std::fs::write(repo.join("d/scratch.tmp"), b"ignored").unwrap();
+    std::fs::write(repo.join("d/.gitignore"), "*.tmp\n").unwrap();
+    std::fs::write(repo.join("d/sub/.gitattributes"), "*.txt text\n").unwrap();
+    env.lode_ok(&repo, &["add", "d"]);
+    let staged = env.git_in(&repo, &["diff", "--cached", "--name-only"]);
+    assert!(
+        staged.contains("d/a.bin") && staged.contains("d/sub/b.bin"),
+        "{staged}"
+    );
+    assert!(
+        !staged.contains("scratch.tmp"),
+        "an ignored file was added:\n{staged}"
+    );
+    assert!(
+        !staged.contains("d/.gitignore"),
+        "lode add stages data, not git's files:\n{staged}"
+    );
+    let attributes = std::fs::read_to_string(repo.join(".gitattributes")).unwrap();
+    assert!(!attributes.contains("/d/**"), "{attributes}");
+    assert!(attributes.contains("/d/a.bin filter=lode"), "{attributes}");
+    env.git_in(&repo, &["add", "d/.gitignore", "d/sub/.gitattributes"]);
+    env.git_in(&repo, &["commit", "-qm", "d"]);
+    for control in ["d/.gitignore", "d/sub/.gitattributes"] {
+        let blob = env.git_in(&repo, &["show", &format!("HEAD:{control}")]);
+        assert!(
+            !blob.starts_with("version lode/"),
+            "{control} became a pointer"
+        );
+    }
+    let blob = env.git_in(&repo, &["show", "HEAD:d/a.bin"]);
+    assert!(blob.starts_with("version lode/1"), "{blob}");
 }
