@@ -252,7 +252,7 @@ impl Repo {
             tips.push(head.detach());
         }
         let mut out: HashMap<Id, Committed> = HashMap::new();
-        let mut seen_trees = HashSet::new();
+        let mut seen = HashSet::new();
         let walk = self.repo.rev_walk(tips).all().map_err(|e| GitError::Rev {
             rev: "history".into(),
             message: e.to_string(),
@@ -270,19 +270,69 @@ impl Repo {
                 oid: info.id.to_string(),
                 message: e.to_string(),
             })?;
-            if !seen_trees.insert(tree.id) {
-                continue;
-            }
             let short = info.id.to_hex_with_len(10).to_string();
-            for t in self.pointers_in_tree(&tree)? {
-                let c = out.entry(t.pointer.id).or_default();
-                c.sizes.insert(t.pointer.size);
+            self.walk_unseen(tree.id, "", &mut seen, &mut |path, pointer| {
+                let c = out.entry(pointer.id).or_default();
+                c.sizes.insert(pointer.size);
                 if c.places.len() < per_id {
-                    c.places.push((short.clone(), t.path));
+                    c.places.push((short.clone(), path));
                 }
-            }
+            })?;
         }
         Ok(out)
+    }
+
+    /// Call `found` for each pointer blob under `tree` not seen before;
+    /// trees and blobs already seen (in an earlier commit) are skipped, so
+    /// a history walk reads each object once, not once per commit.
+    fn walk_unseen(
+        &self,
+        tree: gix::ObjectId,
+        prefix: &str,
+        seen: &mut HashSet<gix::ObjectId>,
+        found: &mut dyn FnMut(String, Pointer),
+    ) -> Result<()> {
+        if !seen.insert(tree) {
+            return Ok(());
+        }
+        let obj_err = |message: String| GitError::Object {
+            oid: tree.to_string(),
+            message,
+        };
+        let object = self
+            .repo
+            .find_tree(tree)
+            .map_err(|e| obj_err(e.to_string()))?;
+        let entries: Vec<(bool, bool, String, gix::ObjectId)> = object
+            .decode()
+            .map_err(|e| obj_err(e.to_string()))?
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.mode.is_tree(),
+                    e.mode.is_blob(),
+                    e.filename.to_string(),
+                    e.oid.to_owned(),
+                )
+            })
+            .collect();
+        for (is_tree, is_blob, name, oid) in entries {
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if is_tree {
+                self.walk_unseen(oid, &path, seen, found)?;
+            } else if is_blob
+                && seen.insert(oid)
+                && let Some(pointer) = self.pointer_blob(oid)?
+            {
+                found(path, pointer);
+            }
+        }
+        Ok(())
     }
 }
 
