@@ -8,6 +8,7 @@ pub mod compress;
 pub mod durable;
 pub mod filter;
 pub mod fsck;
+mod fuzz;
 pub mod git;
 pub mod id;
 pub mod index;

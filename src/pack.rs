@@ -396,10 +396,11 @@ impl PackFile {
         entries
             .iter()
             .map(|e| {
-                let at = (e.offset - start) as usize;
                 let len = RECORD_HEADER + e.stored_len as usize;
-                let record = buf
-                    .get(at..at + len)
+                let record = e
+                    .offset
+                    .checked_sub(start)
+                    .and_then(|at| buf.get(at as usize..(at as usize).checked_add(len)?))
                     .ok_or_else(|| self.bad_record(e, "record is outside its run".into()))?;
                 self.decode_record(e, record)
             })
