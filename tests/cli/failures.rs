@@ -947,6 +947,38 @@ fn add_while(env: &Env, repo: &Path, disturb: impl FnOnce(&Path)) -> (Output, bo
     (out, during)
 }
 
+/// The outcome of a `lode add` whose file was disturbed mid-read: either
+/// refused (exit 2, naming big.bin, saying one of `says`, nothing staged)
+/// or, only if it finished before the disturbance, recorded whole (after
+/// `undo` puts the file back where it was).
+fn assert_refused_or_whole(
+    env: &Env,
+    repo: &Path,
+    out: &Output,
+    during: bool,
+    says: &[&str],
+    undo: impl FnOnce(),
+) {
+    match code(out) {
+        Some(2) => {
+            let err = stderr(out);
+            assert!(err.contains("big.bin"), "{}", both(out));
+            assert!(says.iter().any(|s| err.contains(s)), "{}", both(out));
+            assert_eq!(staged(env, repo, "big.bin"), "");
+        }
+        Some(0) => {
+            assert!(
+                !during,
+                "the file was disturbed mid-read, yet the add succeeded: {}",
+                both(out)
+            );
+            undo();
+            assert_staged_is_file_and_restores(env, repo, "big.bin");
+        }
+        _ => panic!("unexpected outcome: {}", both(out)),
+    }
+}
+
 /// big.bin grows while `lode add` reads it. Nothing lost means: either the
 /// add fails (exit 2, naming the path, saying it changed) and stages
 /// nothing, or it succeeds and what is staged is exactly the file on disk
@@ -962,27 +994,14 @@ fn file_that_grows_while_added_is_refused_or_recorded_whole() {
         let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
         f.write_all(&[7u8; 4096]).unwrap();
     });
-    match code(&out) {
-        Some(2) => {
-            let err = stderr(&out);
-            assert!(err.contains("big.bin"), "{}", both(&out));
-            assert!(
-                err.contains("changed while it was being added"),
-                "{}",
-                both(&out)
-            );
-            assert_eq!(staged(&env, &repo, "big.bin"), "");
-        }
-        Some(0) => {
-            assert!(
-                !during,
-                "the file grew mid-read, yet the add succeeded: {}",
-                both(&out)
-            );
-            assert_staged_is_file_and_restores(&env, &repo, "big.bin");
-        }
-        _ => panic!("unexpected outcome: {}", both(&out)),
-    }
+    assert_refused_or_whole(
+        &env,
+        &repo,
+        &out,
+        during,
+        &["changed while it was being added"],
+        || {},
+    );
     env.lode_ok(&repo, &["fsck", "--read-data"]);
     assert_eq!(leftovers(&repo.join(".git/lode")), Vec::<PathBuf>::new());
 
@@ -1007,28 +1026,16 @@ fn file_that_vanishes_while_added_is_refused() {
     let (out, during) = add_while(&env, &repo, |p| {
         std::fs::rename(p, &copy).unwrap();
     });
-    match code(&out) {
-        Some(2) => {
-            let err = stderr(&out);
-            assert!(err.contains("big.bin"), "{}", both(&out));
-            assert!(
-                err.contains("vanished") || err.contains("does not exist"),
-                "{}",
-                both(&out)
-            );
-            assert_eq!(staged(&env, &repo, "big.bin"), "");
-        }
-        Some(0) => {
-            assert!(
-                !during,
-                "the file vanished mid-read, yet the add succeeded: {}",
-                both(&out)
-            );
+    assert_refused_or_whole(
+        &env,
+        &repo,
+        &out,
+        during,
+        &["vanished", "does not exist"],
+        || {
             std::fs::rename(&copy, repo.join("big.bin")).unwrap();
-            assert_staged_is_file_and_restores(&env, &repo, "big.bin");
-        }
-        _ => panic!("unexpected outcome: {}", both(&out)),
-    }
+        },
+    );
     env.lode_ok(&repo, &["fsck", "--read-data"]);
     assert_eq!(leftovers(&repo.join(".git/lode")), Vec::<PathBuf>::new());
 }
@@ -1047,27 +1054,14 @@ fn file_overwritten_in_place_while_added_is_refused_or_recorded_whole() {
         let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &[0x55u8; 4096], (BIG / 2) as u64).unwrap();
     });
-    match code(&out) {
-        Some(2) => {
-            let err = stderr(&out);
-            assert!(err.contains("big.bin"), "{}", both(&out));
-            assert!(
-                err.contains("changed while it was being added"),
-                "{}",
-                both(&out)
-            );
-            assert_eq!(staged(&env, &repo, "big.bin"), "");
-        }
-        Some(0) => {
-            assert!(
-                !during,
-                "the file changed mid-read, yet the add succeeded: {}",
-                both(&out)
-            );
-            assert_staged_is_file_and_restores(&env, &repo, "big.bin");
-        }
-        _ => panic!("unexpected outcome: {}", both(&out)),
-    }
+    assert_refused_or_whole(
+        &env,
+        &repo,
+        &out,
+        during,
+        &["changed while it was being added"],
+        || {},
+    );
     env.lode_ok(&repo, &["fsck", "--read-data"]);
 }
 
