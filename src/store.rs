@@ -199,6 +199,7 @@ impl Store {
         });
         inner.load_tables()?;
         inner.index_orphans()?;
+        inner.remove_stale_temps();
         // At most a few full packs wait to be closed: backpressure when the
         // disk is slower than hashing (each waiting pack holds open files).
         let (tx, rx) = mpsc::sync_channel::<Closing>(4);
@@ -304,6 +305,31 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Remove temporary packs left by killed processes. A live writer
+    /// appends to its temp file continuously and closes it within seconds
+    /// of its last append, so a temp file untouched for an hour is dead.
+    /// Best effort: a failure here costs disk space, nothing else.
+    fn remove_stale_temps(&self) {
+        let Ok(dir) = std::fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for entry in dir.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < hour_ago);
+            if stale
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("pack-") && n.ends_with(".tmp"))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Where a durable record lies, if anywhere.

@@ -1285,7 +1285,24 @@ fn kill_9_during_add_leaves_a_valid_store_and_the_rerun_reuses_it() {
     let durable = std::fs::read_dir(&packs).unwrap().count();
     assert!(durable >= 1);
 
+    // The killed run's temporary pack, once an hour old, is cleaned up by
+    // the next command.
+    let tmp = repo.join(".git/lode/tmp");
+    for e in std::fs::read_dir(&tmp).unwrap() {
+        let path = e.unwrap().path();
+        let out = env.run(
+            "touch",
+            &repo,
+            &["-d", "2 hours ago", path.to_str().unwrap()],
+        );
+        assert!(out.status.success());
+    }
     env.lode_ok(&repo, &["fsck", "--read-data"]);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "stale temporary packs remain"
+    );
     assert_eq!(sha(&big), before, "the working file is untouched");
     let again = env.lode(&repo, &["add", "big.bin"]);
     assert_eq!(code(&again), Some(0), "{}", both(&again));
