@@ -132,6 +132,22 @@ impl Repo {
         Ok(())
     }
 
+    /// Record the working files at `paths` (already in git's index) in the
+    /// index again, through the clean filter, as `git update-index` does:
+    /// paths are looked up, not matched as pathspecs, so 20 000 of them
+    /// cost no more than 20 000 lookups.
+    pub fn restage<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let mut input = Vec::new();
+        for p in paths {
+            input.extend_from_slice(p.as_bytes());
+            input.push(0);
+        }
+        if !input.is_empty() {
+            self.git_with_input(&["update-index", "-q", "-z", "--stdin"], &input)?;
+        }
+        Ok(())
+    }
+
     /// The lode pointer staged in git's index for each path that has one.
     pub fn staged_pointers(&self) -> Result<HashMap<String, Pointer>> {
         let out = self.git(&["ls-files", "-s", "-z"])?;

@@ -15,9 +15,10 @@ use crate::statcache::{self, Stamp, StatCache};
 /// Files are chunked, deduplicated and compressed in parallel (across
 /// files, and within each large file); directories are added recursively.
 /// What no .gitattributes pattern routes to lode yet is tracked first: a
-/// directory given here as `/dir/**`, a file by its exact name. Then `git add` stages the pointers: the clean
-/// filter finds each file in the stat cache and does not chunk or hash it
-/// again.
+/// directory given here as `/dir/**`, a file by its exact name. Then `git
+/// add` stages the pointers: the clean filter finds each file in the stat
+/// cache and does not chunk or hash it again. Like `git add DIR`, adding a directory also stages git's own
+/// files in it (`.gitignore`, …) as ordinary files.
 ///
 /// If any file fails (vanished, changed while read, disk full), nothing is
 /// staged; what was stored stays and is reused by the next attempt.
@@ -34,8 +35,17 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
     // Directories given on the command line: an untracked file under one is
     // tracked by a pattern for the whole directory, not file by file.
     let mut dirs: Vec<String> = Vec::new();
+    // What `git add` gets at the end: the arguments themselves, not every
+    // file under them (git matches each index entry against every
+    // pathspec: 20 000 file pathspecs took it seconds of string compares).
+    let mut pathspecs: Vec<String> = Vec::new();
     for arg in &args.paths {
         let rel = repo_relative(&repo, &ctx.cwd, arg)?;
+        pathspecs.push(if rel.is_empty() {
+            ".".to_string()
+        } else {
+            rel.clone()
+        });
         let abs = repo.workdir.join(&rel);
         let meta = std::fs::symlink_metadata(&abs)
             .with_context(|| format!("{} does not exist", arg.display()))?;
@@ -162,7 +172,7 @@ pub fn run(ctx: &Ctx, args: AddArgs) -> Result<Outcome> {
     }
 
     // Stage with git: the clean filter answers from the stat cache.
-    let mut stage: Vec<&str> = files.iter().map(String::as_str).collect();
+    let mut stage: Vec<&str> = pathspecs.iter().map(String::as_str).collect();
     if !added_patterns.is_empty() {
         stage.push(".gitattributes");
     }

@@ -125,7 +125,7 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
         .iter()
         .filter(|(f, r)| r.is_ok() && staged.get(&f.path) == Some(&f.pointer))
         .map(|(f, _)| f.path.as_str());
-    repo.stage(refresh).context("refreshing git's index")?;
+    repo.restage(refresh).context("refreshing git's index")?;
     for f in &missing {
         eprintln!(
             "lode: {}: data {} is not in the local store",

@@ -145,14 +145,14 @@ pub fn tracked_patterns(path: &Path) -> Result<Vec<String>> {
 
 /// Append patterns not yet tracked; returns the ones added.
 pub fn add_patterns(path: &Path, patterns: &[String]) -> Result<Vec<String>> {
-    let existing = tracked_patterns(path)?;
+    let mut seen: std::collections::HashSet<String> = tracked_patterns(path)?.into_iter().collect();
     let mut text = std::fs::read_to_string(path).unwrap_or_default();
     let mut added = Vec::new();
     for p in patterns {
         if p.trim().is_empty() || p.contains('\n') {
             anyhow::bail!("{p:?} is not a usable pattern");
         }
-        if existing.contains(p) || added.contains(p) {
+        if !seen.insert(p.clone()) {
             continue;
         }
         if !text.is_empty() && !text.ends_with('\n') {
