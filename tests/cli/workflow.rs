@@ -351,3 +351,24 @@ fn lode_add_of_a_directory_respects_git_ignore_and_control_files() {
     let blob = env.git_in(&repo, &["show", "HEAD:d/a.bin"]);
     assert!(blob.starts_with("version lode/1"), "{blob}");
 }
+
+/// README's first command: `lode demo` runs the main job end to end (here
+/// on an 8 MiB checkpoint) and leaves a repository that verifies.
+#[test]
+fn demo_runs_end_to_end() {
+    let env = Env::new();
+    let out = env.lode(env.tmp.path(), &["demo", "--mib", "8", "demo"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("v1 identical: true") && text.contains("identical: true"),
+        "{text}"
+    );
+    let repo = env.tmp.path().join("demo");
+    assert_eq!(env.git_in(&repo, &["log", "--oneline"]).lines().count(), 2);
+    env.lode_ok(&repo, &["fsck", "--read-data"]);
+    // A second demo into the same, now non-empty, directory is refused.
+    let again = env.lode(env.tmp.path(), &["demo", "demo"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("not empty"), "{}", stderr(&again));
+}
