@@ -329,13 +329,12 @@ mod tests {
         assert_eq!(cuts(&data), cuts_from(&data, 0, data.len()));
     }
 
-    #[test]
-    fn stream_equals_whole() {
-        let data = noise(3 * 1024 * 1024 + 17, 9);
-        let segments = vec![100_000usize, 1_000_000, data.len()];
-        let whole = cuts_segmented(&data, &segments);
-        struct Dribble<'a>(&'a [u8], usize);
-        impl std::io::Read for Dribble<'_> {
+    /// The chunk ends a [`StreamChunker`] finds when its reader hands out
+    /// at most `read_size` bytes per read; every chunk's bytes are checked
+    /// against `data` at its offset.
+    fn stream(data: &[u8], segments: &[usize], read_size: usize) -> Vec<usize> {
+        struct Reads<'a>(&'a [u8], usize);
+        impl std::io::Read for Reads<'_> {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let n = buf.len().min(self.1).min(self.0.len());
                 buf[..n].copy_from_slice(&self.0[..n]);
@@ -343,25 +342,35 @@ mod tests {
                 Ok(n)
             }
         }
-        let segs: Vec<u64> = segments.iter().map(|&s| s as u64).collect();
-        let mut sc = StreamChunker::new(Dribble(&data, 7919), segs);
+        let segs = segments.iter().map(|&s| s as u64).collect();
+        let mut sc = StreamChunker::new(Reads(data, read_size), segs);
         let mut ends = Vec::new();
         loop {
-            let batch = sc.next_batch(1 << 20).unwrap();
+            let batch = sc.next_batch(300_000).unwrap();
             if batch.is_empty() {
-                break;
+                return ends;
             }
             for (off, bytes) in batch {
-                assert_eq!(&data[off as usize..off as usize + bytes.len()], &bytes[..]);
-                ends.push(off as usize + bytes.len());
+                let off = off as usize;
+                assert_eq!(&data[off..off + bytes.len()], &bytes[..]);
+                ends.push(off + bytes.len());
             }
         }
-        assert_eq!(ends, whole);
+    }
+
+    #[test]
+    fn stream_equals_whole() {
+        let data = noise(3 * 1024 * 1024 + 17, 9);
+        let segments = vec![100_000usize, 1_000_000, data.len()];
+        assert_eq!(
+            stream(&data, &segments, 7919),
+            cuts_segmented(&data, &segments)
+        );
     }
 
     mod properties {
         use super::super::*;
-        use super::noise;
+        use super::{noise, stream};
         use proptest::prelude::*;
 
         fn chunks_of(data: &[u8], ends: &[usize]) -> Vec<Vec<u8>> {
@@ -373,28 +382,6 @@ mod tests {
                     c
                 })
                 .collect()
-        }
-
-        fn stream(data: &[u8], segments: &[usize], read_size: usize) -> Vec<usize> {
-            struct Reads<'a>(&'a [u8], usize);
-            impl std::io::Read for Reads<'_> {
-                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                    let n = buf.len().min(self.1).min(self.0.len());
-                    buf[..n].copy_from_slice(&self.0[..n]);
-                    self.0 = &self.0[n..];
-                    Ok(n)
-                }
-            }
-            let segs = segments.iter().map(|&s| s as u64).collect();
-            let mut sc = StreamChunker::new(Reads(data, read_size), segs);
-            let mut ends = Vec::new();
-            loop {
-                let batch = sc.next_batch(300_000).unwrap();
-                if batch.is_empty() {
-                    return ends;
-                }
-                ends.extend(batch.iter().map(|(o, b)| *o as usize + b.len()));
-            }
         }
 
         proptest! {

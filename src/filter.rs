@@ -267,11 +267,8 @@ const PARALLEL_FROM: u64 = 4 << 20;
 
 fn map_file(path: &Path) -> Option<memmap2::Mmap> {
     let file = std::fs::File::open(path).ok()?;
-    // SAFETY: read-only map, used only while this request is served. What a
-    // concurrent truncation does is the same as for `lode add` (see
-    // Store::ingest_file); any other change shows up as a mismatch with the
-    // bytes git sends, and then git's bytes are what is stored.
-    unsafe { memmap2::Mmap::map(&file) }.ok()
+    let len = file.metadata().ok()?.len();
+    crate::store::map_readonly(&file, len).ok().flatten()
 }
 
 /// Clean a large file the fast way: git streams the file one packet at a

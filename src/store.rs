@@ -251,10 +251,6 @@ impl Inner {
         self.root.join("index")
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn load_tables(&self) -> Result<()> {
         let dir = self.index_dir();
         let mut tables = Vec::new();
@@ -656,19 +652,13 @@ impl Inner {
     pub fn ingest_file(&self, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<Ingested> {
         let file = File::open(path).map_err(vanished_or("open", path))?;
         let before = file.metadata().map_err(io_err("stat", path))?;
-        let ingested = if before.len() == 0 {
-            self.ingest_bytes(&[])?
-        } else {
-            // SAFETY: the map is read-only and lives only for this call. A
-            // file truncated by another process while mapped makes reads of
-            // the lost pages fault (SIGBUS): the process dies before it
-            // records anything for the file, which is the documented limit
-            // (docs/SEMANTICS.md); the size and mtime check below catches
-            // every change that does not truncate.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("map", path))?;
-            let _ = map.advise(memmap2::Advice::Sequential);
-            let (ends, tensors) = plan(&map);
-            self.ingest_cut(&map, &ends, tensors, progress)?
+        let ingested = match map_readonly(&file, before.len()).map_err(io_err("map", path))? {
+            None => self.ingest_bytes(&[])?,
+            Some(map) => {
+                let _ = map.advise(memmap2::Advice::Sequential);
+                let (ends, tensors) = plan(&map);
+                self.ingest_cut(&map, &ends, tensors, progress)?
+            }
         };
         let after = std::fs::metadata(path).map_err(vanished_or("stat", path))?;
         if crate::statcache::Stamp::of(&after) != crate::statcache::Stamp::of(&before) {
@@ -946,13 +936,29 @@ pub fn identify(data: &[u8]) -> Recipe {
 pub fn identify_file(path: &Path) -> Result<Recipe> {
     let file = File::open(path).map_err(io_err("open", path))?;
     let len = file.metadata().map_err(io_err("stat", path))?.len();
+    Ok(
+        match map_readonly(&file, len).map_err(io_err("map", path))? {
+            None => identify(&[]),
+            Some(map) => identify(&map),
+        },
+    )
+}
+
+/// A read-only map of a working file of `len` bytes (`None` when empty:
+/// an empty map is an error on some systems).
+pub(crate) fn map_readonly(file: &File, len: u64) -> std::io::Result<Option<memmap2::Mmap>> {
     if len == 0 {
-        return Ok(identify(&[]));
+        return Ok(None);
     }
-    // SAFETY: read-only map used only within this call; see ingest_file
-    // for what a concurrent truncation does.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("map", path))?;
-    Ok(identify(&map))
+    // SAFETY: the map is read-only and its users hold it only while they
+    // read the file once. Another process may still change the file: a
+    // truncation makes reads of the lost pages fault (SIGBUS) and the
+    // process dies before it records anything for the file (the limit in
+    // docs/SEMANTICS.md); any other change is caught by the callers, which
+    // compare the file's stamp before and after, hash and store each chunk
+    // from one private copy, and (the clean filter) compare the map with
+    // the bytes git sends.
+    unsafe { memmap2::Mmap::map(file) }.map(Some)
 }
 
 fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -39,6 +39,13 @@ impl Env {
         dir
     }
 
+    /// A new repository (see [`Env::repo`]) tracking `*.safetensors`.
+    pub fn tracked_repo(&self, name: &str) -> PathBuf {
+        let repo = self.repo(name);
+        self.lode_ok(&repo, &["track", "*.safetensors"]);
+        repo
+    }
+
     fn path_var(&self) -> String {
         let bin = Path::new(LODE).parent().unwrap();
         format!(

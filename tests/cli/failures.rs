@@ -15,12 +15,6 @@ use crate::common::*;
 // Helpers (only this module uses them).
 
 /// A repository with `*.safetensors` routed to lode (not yet committed).
-fn tracked_repo(env: &Env, name: &str) -> PathBuf {
-    let repo = env.repo(name);
-    env.lode_ok(&repo, &["track", "*.safetensors"]);
-    repo
-}
-
 fn code(out: &Output) -> Option<i32> {
     out.status.code()
 }
@@ -137,6 +131,26 @@ fn checkout_is_refused_and_keeps_the_pointer(env: &Env, repo: &Path, path: &str)
     pointer
 }
 
+/// Both `lode fsck` and `lode fsck --read-data` exit 1, name `object`
+/// (an id or any text the report must hold) and the (commit, path) of
+/// model.safetensors.
+fn assert_fsck_names(env: &Env, repo: &Path, object: &str) {
+    let all = commits(env, repo);
+    for args in [&["fsck"][..], &["fsck", "--read-data"][..]] {
+        let out = env.lode(repo, args);
+        assert_eq!(code(&out), Some(1), "{args:?}: {}", both(&out));
+        let report = stdout(&out);
+        assert!(
+            report.contains(object),
+            "{args:?}: {object} is not named:\n{report}"
+        );
+        assert!(
+            names_place(&report, &all, "model.safetensors"),
+            "{args:?}: the report does not name the committed path:\n{report}"
+        );
+    }
+}
+
 fn random_file(path: &Path, len: usize, seed: u64) {
     let mut x = seed | 1;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
@@ -191,7 +205,7 @@ fn assert_staged_is_file_and_restores(env: &Env, repo: &Path, path: &str) {
 #[test]
 fn flipped_byte_in_a_pack_is_named_and_never_checked_out() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 8.0, 11);
     env.git_in(&repo, &["add", ".gitattributes", "model.safetensors"]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -279,7 +293,7 @@ fn flipped_byte_in_a_pack_is_named_and_never_checked_out() {
 #[test]
 fn pack_truncated_to_half_is_reported_with_its_path() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 4.0, 21);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -293,20 +307,7 @@ fn pack_truncated_to_half_is_reported_with_its_path() {
         .set_len(len / 2)
         .unwrap();
 
-    let all = commits(&env, &repo);
-    for args in [&["fsck"][..], &["fsck", "--read-data"][..]] {
-        let out = env.lode(&repo, args);
-        assert_eq!(code(&out), Some(1), "{args:?}: {}", both(&out));
-        let report = stdout(&out);
-        assert!(
-            report.contains(&format!("damaged pack b3:{pack_id}")),
-            "{args:?}: {report}"
-        );
-        assert!(
-            names_place(&report, &all, "model.safetensors"),
-            "{args:?}: {report}"
-        );
-    }
+    assert_fsck_names(&env, &repo, &format!("damaged pack b3:{pack_id}"));
 
     checkout_is_refused_and_keeps_the_pointer(&env, &repo, "model.safetensors");
 }
@@ -320,7 +321,7 @@ fn pack_truncated_to_half_is_reported_with_its_path() {
 #[test]
 fn pack_missing_its_trailer_is_reported_with_the_paths_it_affects() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 4.0, 22);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -334,20 +335,7 @@ fn pack_missing_its_trailer_is_reported_with_the_paths_it_affects() {
         .set_len(len - 16)
         .unwrap();
 
-    let all = commits(&env, &repo);
-    for args in [&["fsck"][..], &["fsck", "--read-data"][..]] {
-        let out = env.lode(&repo, args);
-        assert_eq!(code(&out), Some(1), "{args:?}: {}", both(&out));
-        let report = stdout(&out);
-        assert!(
-            report.contains(&format!("damaged pack b3:{pack_id}")),
-            "{args:?}: {report}"
-        );
-        assert!(
-            names_place(&report, &all, "model.safetensors"),
-            "{args:?}: a truncated pack is reported without the paths it affects:\n{report}"
-        );
-    }
+    assert_fsck_names(&env, &repo, &format!("damaged pack b3:{pack_id}"));
 }
 
 /// The offset where a pack's footer starts (from its trailer).
@@ -366,7 +354,7 @@ fn footer_at(pack: &Path) -> usize {
 #[test]
 fn pack_with_a_damaged_footer_is_reported_with_the_paths_it_affects() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 4.0, 23);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -396,7 +384,7 @@ fn pack_with_a_damaged_footer_is_reported_with_the_paths_it_affects() {
 #[test]
 fn rebuild_index_keeps_records_of_a_pack_whose_trailer_is_gone() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let model = repo.join("model.safetensors");
     env.model(&model, 2.0, 24);
     let original = sha(&model);
@@ -435,7 +423,7 @@ fn rebuild_index_keeps_records_of_a_pack_whose_trailer_is_gone() {
 #[test]
 fn flipped_byte_in_a_recipe_is_found_by_plain_fsck() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 2.0, 25);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -470,7 +458,7 @@ fn flipped_byte_in_a_recipe_is_found_by_plain_fsck() {
 #[test]
 fn damaged_index_table_is_found_by_fsck_and_repaired() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let model = repo.join("model.safetensors");
     env.model(&model, 2.0, 26);
     let original = sha(&model);
@@ -521,7 +509,7 @@ fn damaged_index_table_is_found_by_fsck_and_repaired() {
 #[test]
 fn a_deleted_index_is_rebuilt_from_the_packs() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let model = repo.join("model.safetensors");
     env.model(&model, 4.0, 31);
     let original = sha(&model);
@@ -557,7 +545,7 @@ fn a_deleted_index_is_rebuilt_from_the_packs() {
 #[test]
 fn fsck_names_committed_pointer_whose_data_is_missing() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 2.0, 61);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -575,19 +563,7 @@ fn fsck_names_committed_pointer_whose_data_is_missing() {
         .strip_prefix("oid ")
         .unwrap()
         .to_string();
-    for args in [&["fsck"][..], &["fsck", "--read-data"][..]] {
-        let out = env.lode(&repo, args);
-        assert_eq!(code(&out), Some(1), "{args:?}: {}", both(&out));
-        let report = stdout(&out);
-        assert!(
-            report.contains(&id),
-            "{args:?}: the missing file id is not named:\n{report}"
-        );
-        assert!(
-            names_place(&report, &commits(&env, &repo), "model.safetensors"),
-            "{args:?}: {report}"
-        );
-    }
+    assert_fsck_names(&env, &repo, &id);
 
     checkout_is_refused_and_keeps_the_pointer(&env, &repo, "model.safetensors");
 }
@@ -603,7 +579,7 @@ fn fsck_names_committed_pointer_whose_data_is_missing() {
 #[test]
 fn hand_edited_pointer_is_refused_by_git_add() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 1.0, 41);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -668,7 +644,7 @@ fn hand_edited_pointer_is_refused_by_git_add() {
 #[test]
 fn valid_pointer_without_data_passes_through_and_is_reported() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.git_in(&repo, &["add", ".gitattributes"]);
     env.git_in(&repo, &["commit", "-qm", "attributes"]);
     let pointer = format!(
@@ -711,7 +687,7 @@ fn valid_pointer_without_data_passes_through_and_is_reported() {
 #[test]
 fn pointer_with_an_edited_size_is_refused_by_git_add() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 1.0, 42);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -737,7 +713,7 @@ fn pointer_with_an_edited_size_is_refused_by_git_add() {
 #[test]
 fn fsck_reports_a_committed_pointer_whose_size_contradicts_its_data() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     env.model(&repo.join("model.safetensors"), 1.0, 43);
     env.git_in(&repo, &["add", "."]);
     env.git_in(&repo, &["commit", "-qm", "model"]);
@@ -1188,7 +1164,7 @@ fn add_through_a_symlink_out_of_the_tree_is_refused() {
 #[test]
 fn checkout_never_writes_through_a_symlinked_directory() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     std::fs::create_dir_all(repo.join("d")).unwrap();
     env.model(&repo.join("d/m.safetensors"), 1.0, 73);
     env.model(&repo.join("top.safetensors"), 1.0, 74);
@@ -1262,7 +1238,7 @@ fn checkout_never_writes_through_a_symlinked_directory() {
 #[test]
 fn kill_9_during_add_leaves_a_valid_store_and_the_rerun_reuses_it() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let big = repo.join("big.bin");
     random_file(&big, BIG, 99);
     let before = sha(&big);

@@ -1,15 +1,7 @@
 //! The everyday workflow with plain git: track, add, commit, checkout,
 //! status, diff, and lode's own commands over it.
 
-use std::path::Path;
-
 use crate::common::*;
-
-fn tracked_repo(env: &Env, name: &str) -> std::path::PathBuf {
-    let repo = env.repo(name);
-    env.lode_ok(&repo, &["track", "*.safetensors"]);
-    repo
-}
 
 /// The headline: two versions of a 256 MiB checkpoint (every tenth
 /// tensor changed), committed with plain git. Nothing lost: either commit
@@ -17,7 +9,7 @@ fn tracked_repo(env: &Env, name: &str) -> std::path::PathBuf {
 #[test]
 fn two_versions_of_a_checkpoint_dedup_and_check_out_identically() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let model = repo.join("model.safetensors");
     let v1 = env.tmp.path().join("v1.safetensors");
     let v2 = env.tmp.path().join("v2.safetensors");
@@ -73,7 +65,7 @@ fn two_versions_of_a_checkpoint_dedup_and_check_out_identically() {
 #[test]
 fn plain_git_commands_work_on_tracked_files() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let model = repo.join("model.safetensors");
     env.model(&model, 4.0, 1);
     std::fs::write(repo.join("README.txt"), "ordinary file\n").unwrap();
@@ -185,7 +177,7 @@ fn lode_add_and_the_inspection_commands() {
 #[test]
 fn skip_smudge_then_lode_checkout() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let (a, b) = (repo.join("a.safetensors"), repo.join("b.safetensors"));
     env.model(&a, 2.0, 1);
     env.model(&b, 2.0, 2);
@@ -227,7 +219,7 @@ fn install_and_git_lode_alias() {
     env.lode_ok(&env.home, &["install"]);
     let filter = env.git_in(&env.home, &["config", "--global", "filter.lode.process"]);
     assert_eq!(filter.trim(), "lode filter-process");
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     std::fs::create_dir_all(repo.join("sub")).unwrap();
     env.model(&repo.join("sub/m.safetensors"), 1.0, 3);
     env.git_in(&repo, &["add", "."]);
@@ -257,7 +249,6 @@ fn ordinary_files_are_left_alone() {
         std::fs::read(repo.join("early.safetensors")).unwrap(),
         b"plain bytes"
     );
-    let _ = Path::new("");
 }
 
 /// The clean filter chunks a large working file from disk in parallel while
@@ -266,7 +257,7 @@ fn ordinary_files_are_left_alone() {
 #[test]
 fn clean_stores_what_git_sends_even_when_the_file_on_disk_differs() {
     let env = Env::new();
-    let repo = tracked_repo(&env, "repo");
+    let repo = env.tracked_repo("repo");
     let (a, b) = (
         repo.join("a.safetensors"),
         env.tmp.path().join("b.safetensors"),
@@ -297,18 +288,14 @@ fn clean_stores_what_git_sends_even_when_the_file_on_disk_differs() {
         "oid {}\n",
         ours.split_whitespace().next().unwrap()
     )));
-    // Both are stored in full.
+    // Both are stored in full, and read back verified.
     env.lode_ok(&repo, &["fsck", "--read-data"]);
-    let mut out = Vec::new();
-    let pid = pointer
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim_start_matches("oid ")
-        .to_string();
-    out.extend_from_slice(pid.as_bytes());
-    let show = env.lode_ok(&repo, &["show", &pid]);
-    assert!(show.contains("chunks"), "{show}");
+    let working = ours.split_whitespace().next().unwrap();
+    for id in [want, working] {
+        let show: serde_json::Value =
+            serde_json::from_str(&env.lode_ok(&repo, &["show", "--json", id])).unwrap();
+        assert_eq!(show["local"], true, "{id} is not stored: {show}");
+    }
 }
 
 /// `lode add DIR` takes what `git add DIR` would: ignored files stay out,
