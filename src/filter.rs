@@ -39,9 +39,14 @@ pub enum FilterError {
 
 const PIPE_SIZE: usize = 1 << 20;
 
-pub struct Options {
+/// Fetch a file's data from elsewhere (the remote) into the store.
+pub type Fetch<'a> = Box<dyn Fn(Id, &str) -> Result<(), String> + 'a>;
+
+pub struct Options<'a> {
     /// Leave pointers in the working tree on smudge.
     pub skip_smudge: bool,
+    /// Where smudge gets data the local store lacks.
+    pub fetch: Option<Fetch<'a>>,
 }
 
 /// Serve git on stdin/stdout until it closes the pipe. `warn` receives a
@@ -50,7 +55,7 @@ pub fn serve(
     workdir: &Path,
     store: &Store,
     cache: &mut StatCache,
-    opts: &Options,
+    opts: &Options<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<(), FilterError> {
     // git sends a file as 64 KiB packets; with the default 64 KiB pipe every
@@ -351,7 +356,7 @@ fn smudge(
     store: &Store,
     path: &str,
     input: Vec<u8>,
-    opts: &Options,
+    opts: &Options<'_>,
     warn: &mut dyn FnMut(String),
 ) -> Result<Answer, String> {
     let pointer = match Pointer::parse(&input) {
@@ -363,11 +368,17 @@ fn smudge(
         return Ok(Answer::Bytes(input));
     }
     if !store.has_file(&pointer.id) {
-        warn(format!(
-            "data for {path} ({}) is not in the local store; left the pointer in its place (fetch the data, then run `lode checkout`)",
-            pointer.id
-        ));
-        return Ok(Answer::Bytes(input));
+        let fetched = match &opts.fetch {
+            Some(fetch) => fetch(pointer.id, path),
+            None => Err("no remote to fetch from".into()),
+        };
+        if let Err(why) = fetched {
+            warn(format!(
+                "data for {path} ({}) is not in the local store and could not be fetched ({why}); left the pointer in its place (run `lode checkout` when the remote is reachable)",
+                pointer.id
+            ));
+            return Ok(Answer::Bytes(input));
+        }
     }
     // Check the recipe up front, so a damaged one fails before any output.
     let recipe = store.recipe(&pointer.id).map_err(|e| e.to_string())?;

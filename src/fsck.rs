@@ -41,10 +41,16 @@ pub struct Report {
     pub files: usize,
     pub bytes_verified: u64,
     pub problems: Vec<Problem>,
+    /// Committed files with no data here, when a remote is set.
+    pub elsewhere: usize,
 }
 
 pub struct Options {
     pub read_data: bool,
+    /// Committed files whose data is not here are expected (a remote holds
+    /// them; `lode fetch` gets them): counted in [`Report::elsewhere`], not
+    /// as problems.
+    pub remote_set: bool,
 }
 
 /// Check `store`; `history` maps committed file ids to where they are
@@ -166,6 +172,10 @@ pub fn check(store: &Store, history: &HashMap<Id, Committed>, opts: &Options) ->
         .filter_map(|(f, r)| Some((*f, r.as_ref().ok()?.size)))
         .collect();
     for (id, committed) in history {
+        if !indexed.contains(id) && opts.remote_set {
+            report.elsewhere += 1;
+            continue;
+        }
         if !indexed.contains(id) {
             problems.push((
                 *id,

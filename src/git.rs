@@ -243,6 +243,58 @@ impl Repo {
         Ok(Pointer::parse(&blob.data).ok())
     }
 
+    /// The pointers in blobs reachable from `include` and not from
+    /// `exclude` (revisions or pseudo-options such as `--remotes=origin`),
+    /// with a path each was found at: what a push of `include` sends that
+    /// the other side does not have, in git's own reckoning (`git rev-list
+    /// --objects`).
+    pub fn new_pointers(&self, include: &[String], exclude: &[String]) -> Result<Vec<Tracked>> {
+        if include.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut input = String::new();
+        for r in include {
+            input.push_str(r);
+            input.push('\n');
+        }
+        if !exclude.is_empty() {
+            input.push_str("--not\n");
+            for r in exclude {
+                input.push_str(r);
+                input.push('\n');
+            }
+        }
+        let out = self.git_with_input(&["rev-list", "--objects", "--stdin"], input.as_bytes())?;
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        for line in out.lines() {
+            // Commits come without a path; trees and blobs with one.
+            let Some((oid, path)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(oid) = gix::ObjectId::from_hex(oid.as_bytes()) else {
+                continue;
+            };
+            if !seen.insert(oid) {
+                continue;
+            }
+            if let Some(pointer) = self.pointer_blob(oid)? {
+                found.push(Tracked {
+                    path: path.to_string(),
+                    pointer,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether `rev` names an object this repository has.
+    pub fn has_object(&self, rev: &str) -> bool {
+        gix::ObjectId::from_hex(rev.as_bytes())
+            .ok()
+            .is_some_and(|oid| self.repo.has_object(oid))
+    }
+
     /// Every file id committed anywhere in history (all refs), with the
     /// sizes its pointers claim and up to `per_id` (commit, path) places.
     pub fn where_in_history(&self, per_id: usize) -> Result<HashMap<Id, Committed>> {

@@ -5,6 +5,7 @@
 
 pub mod chunk;
 pub mod compress;
+pub mod config;
 pub mod durable;
 pub mod filter;
 pub mod fsck;
@@ -16,7 +17,9 @@ pub mod layout;
 pub mod pack;
 pub mod pointer;
 pub mod recipe;
+pub mod remote;
 pub mod statcache;
 pub mod store;
+pub mod transfer;
 
 pub mod cli;

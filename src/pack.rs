@@ -338,42 +338,16 @@ impl PackFile {
     }
 
     fn check_bounds(&self, e: &Entry) -> Result<(), PackError> {
-        if e.raw_len > max_raw(e.kind) {
-            return Err(self.bad_record(e, format!("raw length {} exceeds the limit", e.raw_len)));
-        }
-        Ok(())
+        check_bounds(&self.path, e)
     }
 
     fn bad_record(&self, e: &Entry, what: String) -> PackError {
-        PackError::Record {
-            path: self.path.clone(),
-            id: e.id,
-            offset: e.offset,
-            what,
-        }
+        bad_record(&self.path, e, what)
     }
 
     /// Decode and verify a record from its bytes (header and payload).
     pub fn decode_record(&self, e: &Entry, record: &[u8]) -> Result<Vec<u8>, PackError> {
-        if record.len() != RECORD_HEADER + e.stored_len as usize {
-            return Err(self.bad_record(e, "record is truncated".into()));
-        }
-        let (h, payload) = record.split_at(RECORD_HEADER);
-        let want_len = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
-        if h[0] != e.kind as u8
-            || h[1] != e.codec as u8
-            || want_len(4) != e.raw_len
-            || want_len(8) != e.stored_len
-            || h[12..44] != e.id.0
-        {
-            return Err(self.bad_record(e, "record header does not match the index".into()));
-        }
-        let raw = compress::decode(e.codec, payload, e.raw_len as usize)
-            .map_err(|err| self.bad_record(e, err.to_string()))?;
-        if e.kind == Kind::Chunk && Id::of_chunk(&raw) != e.id {
-            return Err(self.bad_record(e, "bytes do not hash to the chunk id".into()));
-        }
-        Ok(raw)
+        decode_record(&self.path, e, record)
     }
 
     /// Read consecutive records with one read: `entries` sorted by offset,
@@ -406,6 +380,62 @@ impl PackFile {
             })
             .collect()
     }
+}
+
+fn bad_record(origin: &Path, e: &Entry, what: String) -> PackError {
+    PackError::Record {
+        path: origin.to_path_buf(),
+        id: e.id,
+        offset: e.offset,
+        what,
+    }
+}
+
+/// Refuse a record whose index entry claims more than a record may hold
+/// (before anything is allocated for it).
+pub fn check_bounds(origin: &Path, e: &Entry) -> Result<(), PackError> {
+    if e.raw_len > max_raw(e.kind) {
+        return Err(bad_record(
+            origin,
+            e,
+            format!("raw length {} exceeds the limit", e.raw_len),
+        ));
+    }
+    Ok(())
+}
+
+/// Decode and verify one record (header and payload) described by `e`,
+/// wherever its bytes came from (`origin` names it in errors). Chunks are
+/// checked against their id here; recipes by [`crate::recipe::Recipe::decode`].
+pub fn decode_record(origin: &Path, e: &Entry, record: &[u8]) -> Result<Vec<u8>, PackError> {
+    check_bounds(origin, e)?;
+    if record.len() != RECORD_HEADER + e.stored_len as usize {
+        return Err(bad_record(origin, e, "record is truncated".into()));
+    }
+    let (h, payload) = record.split_at(RECORD_HEADER);
+    let want_len = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+    if h[0] != e.kind as u8
+        || h[1] != e.codec as u8
+        || want_len(4) != e.raw_len
+        || want_len(8) != e.stored_len
+        || h[12..44] != e.id.0
+    {
+        return Err(bad_record(
+            origin,
+            e,
+            "record header does not match the index".into(),
+        ));
+    }
+    let raw = compress::decode(e.codec, payload, e.raw_len as usize)
+        .map_err(|err| bad_record(origin, e, err.to_string()))?;
+    if e.kind == Kind::Chunk && Id::of_chunk(&raw) != e.id {
+        return Err(bad_record(
+            origin,
+            e,
+            "bytes do not hash to the chunk id".into(),
+        ));
+    }
+    Ok(raw)
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ struct Pending {
     failed: Option<String>,
 }
 
-type Mapped = Table<memmap2::Mmap>;
+pub(crate) type Mapped = Table<memmap2::Mmap>;
 
 /// A full pack on its way to the closer, with the ids it holds.
 type Closing = (PackWriter, Vec<Id>);
@@ -377,6 +377,35 @@ impl Inner {
         }
         let (codec, stored) = compress::encode(raw);
         let stored = stored.as_deref().unwrap_or(raw);
+        self.append_encoded(kind, id, codec, raw.len(), stored)
+    }
+
+    /// Store a record fetched from elsewhere as it is (no recompression).
+    /// The caller has decoded and verified it: `stored` decodes with
+    /// `codec` to `raw_len` bytes that hash to `id` (chunks) or decode as
+    /// the recipe `id` (recipes). Returns whether it was new.
+    pub fn insert_verified(
+        &self,
+        kind: Kind,
+        id: Id,
+        codec: compress::Codec,
+        raw_len: usize,
+        stored: &[u8],
+    ) -> Result<bool> {
+        if self.contains(&id) {
+            return Ok(false);
+        }
+        self.append_encoded(kind, id, codec, raw_len, stored)
+    }
+
+    fn append_encoded(
+        &self,
+        kind: Kind,
+        id: Id,
+        codec: compress::Codec,
+        raw_len: usize,
+        stored: &[u8],
+    ) -> Result<bool> {
         let mut pending = self.pending.lock().expect("pack lock poisoned");
         if let Some(e) = &pending.failed {
             return Err(StoreError::Closing(e.clone()));
@@ -388,7 +417,7 @@ impl Inner {
             pending.writer = Some(PackWriter::create(&self.root.join("tmp"))?);
         }
         let writer = pending.writer.as_mut().expect("just created");
-        if let Err(e) = writer.append(kind, id, codec, raw.len(), stored) {
+        if let Err(e) = writer.append(kind, id, codec, raw_len, stored) {
             // The open pack is broken (I4): drop it with everything in it,
             // and fail every later append and flush of this store.
             pending.writer = None;
@@ -986,7 +1015,7 @@ fn remove_table(path: &Path) -> Result<()> {
     }
 }
 
-fn map_table(path: &Path) -> Result<Mapped> {
+pub(crate) fn map_table(path: &Path) -> Result<Mapped> {
     let file = File::open(path).map_err(io_err("open index table", path))?;
     // SAFETY: index tables are immutable once renamed into place (they are
     // replaced by new files, never rewritten), so the mapped bytes do not

@@ -7,9 +7,10 @@ use clap::Args;
 use rayon::prelude::*;
 
 use super::{Ctx, Outcome, human, repo_relative};
-use crate::git::Repo;
+use crate::git::{Repo, Tracked};
 use crate::pointer::Pointer;
 use crate::statcache::{self, Stamp, StatCache};
+use crate::store::Store;
 
 /// Replace pointer files in the working tree with their data, in parallel.
 ///
@@ -60,21 +61,40 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
         .iter()
         .map(|p| repo_relative(&repo, &ctx.cwd, p))
         .collect::<Result<Vec<_>>>()?;
-    let todo = pointer_files(&repo, &prefixes)?;
+    materialize(ctx, &repo, &store, &prefixes)
+}
+
+/// Write the data of the pointer files under `prefixes` (empty: all),
+/// fetching from the remote what the local store lacks when a remote is
+/// set.
+pub fn materialize(ctx: &Ctx, repo: &Repo, store: &Store, prefixes: &[String]) -> Result<Outcome> {
+    let todo = pointer_files(repo, prefixes)?;
     if todo.is_empty() {
         ctx.note("every tracked file is already checked out");
         return Ok(Outcome::Ok);
+    }
+    let lacking: Vec<Tracked> = todo
+        .iter()
+        .filter(|f| !store.has_file(&f.pointer.id))
+        .map(|f| Tracked {
+            path: f.path.clone(),
+            pointer: f.pointer,
+        })
+        .collect();
+    if !lacking.is_empty() && crate::config::remote_url(repo)?.is_some() {
+        super::transfer::fetch_files(ctx, repo, store, &lacking)?;
     }
     let (present, missing): (Vec<_>, Vec<_>) = todo
         .into_iter()
         .partition(|f| store.has_file(&f.pointer.id));
     let total = present.iter().map(|f| f.pointer.size).sum();
     let bar = ctx.progress(total, "checking out");
+    let workdir = &repo.workdir;
     let results: Vec<(&PointerFile, Result<u64>)> = present
         .par_iter()
         .map(|f| {
-            let dest = repo.workdir.join(&f.path);
-            let r = safe_parent(&repo.workdir, &f.path).and_then(|_| {
+            let dest = workdir.join(&f.path);
+            let r = safe_parent(workdir, &f.path).and_then(|_| {
                 store
                     .materialize(&f.pointer.id, &dest)
                     .with_context(|| format!("checking out {}", f.path))
@@ -128,7 +148,7 @@ pub fn run(ctx: &Ctx, args: CheckoutArgs) -> Result<Outcome> {
     repo.restage(refresh).context("refreshing git's index")?;
     for f in &missing {
         eprintln!(
-            "lode: {}: data {} is not in the local store",
+            "lode: {}: data {} is not in the local store (and no remote is set: `lode remote set URL`)",
             f.path, f.pointer.id
         );
     }

@@ -20,7 +20,11 @@ pub fn run(ctx: &Ctx, _args: FilterArgs) -> Result<Outcome> {
     let store = crate::store::Store::open(&repo.lode_dir)?;
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
     let opts = Options {
-        skip_smudge: std::env::var("LODE_SKIP_SMUDGE").is_ok_and(|v| v == "1" || v == "true"),
+        skip_smudge: super::skip_smudge(),
+        fetch: Some(Box::new(|id, path| {
+            super::transfer::fetch_one(&repo.workdir, &store, id, path)
+                .map_err(|e| format!("{e:#}"))
+        })),
     };
     filter::serve(&repo.workdir, &store, &mut cache, &opts, &mut |msg| {
         eprintln!("lode: {msg}")

@@ -41,6 +41,7 @@ pub fn run(ctx: &Ctx, args: FsckArgs) -> Result<Outcome> {
         &history,
         &Options {
             read_data: args.read_data,
+            remote_set: crate::config::remote_url(&repo)?.is_some(),
         },
     );
     for p in &report.problems {
@@ -68,6 +69,12 @@ pub fn run(ctx: &Ctx, args: FsckArgs) -> Result<Outcome> {
             format!("{} problem(s)", report.problems.len())
         }
     ));
+    if report.elsewhere > 0 {
+        ctx.note(format!(
+            "{} committed file(s) have no data here; `lode fetch` gets them from the remote",
+            report.elsewhere
+        ));
+    }
     Ok(if report.problems.is_empty() {
         Outcome::Ok
     } else {

@@ -12,6 +12,7 @@ mod filter;
 mod fsck;
 mod inspect;
 mod setup;
+mod transfer;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -41,11 +42,19 @@ Data:
   hash            Print the lode file id of files
   du              Logical vs stored bytes and the dedup ratio
 
+Transfer:
+  remote          Show or set where the data lives (s3://, gs://, az://, a directory)
+  push            Upload the data of commits to the remote (git push does it too)
+  fetch           Download the data of a commit into the local store
+  pull            git pull, then fetch and check out the new data in parallel
+  clone           git clone, then fetch and check out the data in parallel
+
 Upkeep:
   fsck            Verify the store; --read-data re-checks every byte
 
 Plumbing:
   filter-process  git's long-running clean/smudge filter (run by git)
+  hook            git hooks lode installs (run by git)
 
 Options:
 {options}
@@ -81,7 +90,13 @@ enum Command {
     Show(inspect::ShowArgs),
     Hash(inspect::HashArgs),
     Du(inspect::DuArgs),
+    Remote(transfer::RemoteArgs),
+    Push(transfer::PushArgs),
+    Fetch(transfer::FetchArgs),
+    Pull(transfer::PullArgs),
+    Clone(transfer::CloneArgs),
     Fsck(fsck::FsckArgs),
+    Hook(transfer::HookArgs),
     #[command(name = "filter-process")]
     FilterProcess(filter::FilterArgs),
 }
@@ -172,7 +187,13 @@ pub fn main() -> i32 {
         Command::Show(a) => inspect::show(&ctx, a),
         Command::Hash(a) => inspect::hash(&ctx, a),
         Command::Du(a) => inspect::du(&ctx, a),
+        Command::Remote(a) => transfer::remote(&ctx, a),
+        Command::Push(a) => transfer::push(&ctx, a),
+        Command::Fetch(a) => transfer::fetch(&ctx, a),
+        Command::Pull(a) => transfer::pull(&ctx, a),
+        Command::Clone(a) => transfer::clone(&ctx, a),
         Command::Fsck(a) => fsck::run(&ctx, a),
+        Command::Hook(a) => transfer::hook(&ctx, a),
         Command::FilterProcess(a) => filter::run(&ctx, a),
     };
     match result {
@@ -192,6 +213,11 @@ pub fn main() -> i32 {
             2
         }
     }
+}
+
+/// Whether `LODE_SKIP_SMUDGE` asks for pointers instead of data.
+pub fn skip_smudge() -> bool {
+    std::env::var("LODE_SKIP_SMUDGE").is_ok_and(|v| v == "1" || v == "true")
 }
 
 /// `bytes` for people: 1.5 GiB.
@@ -218,7 +244,7 @@ pub fn repo_relative(repo: &Repo, cwd: &Path, arg: &Path) -> Result<String> {
     } else {
         cwd.join(arg)
     };
-    let normal = normalize(&abs);
+    let normal = crate::remote::lexical_normalize(&abs);
     let outside = || {
         anyhow::anyhow!(
             "{} is outside the repository at {}",
@@ -251,19 +277,4 @@ pub fn repo_relative(repo: &Repo, cwd: &Path, arg: &Path) -> Result<String> {
         );
     }
     Ok(s.to_string())
-}
-
-/// Resolve `.` and `..` without touching the file system.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }

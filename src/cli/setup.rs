@@ -23,17 +23,69 @@ pub fn attribute_line(pattern: &str) -> String {
     format!("{pattern} filter=lode diff=lode -text")
 }
 
-const LODECONFIG: &str = "\
-# lode configuration, committed with the repository (see docs/CONFIGURATION.md).
-version = 1
+/// Hook shims `lode init` installs (all logic is in `lode hook`).
+const HOOKS: &[(&str, &str)] = &[("pre-push", include_str!("../../hooks/pre-push"))];
 
-# Where the data of this repository lives, for push, fetch and clone.
-# [remote]
-# url = \"s3://bucket/prefix\"
-";
+/// The directory git runs hooks from (`core.hooksPath` honoured).
+pub fn hooks_dir(repo: &Repo) -> Result<std::path::PathBuf> {
+    let out = repo.git(&["rev-parse", "--git-path", "hooks"])?;
+    let dir = std::path::PathBuf::from(out.trim());
+    Ok(if dir.is_absolute() {
+        dir
+    } else {
+        repo.workdir.join(dir)
+    })
+}
+
+/// Install lode's hook shims. A hook already there that is not lode's
+/// (git-lfs's, a team's own) is kept as `<hook>.lode-chained` and run by
+/// lode's hook first, with the same arguments and input.
+pub fn install_hooks(repo: &Repo) -> Result<()> {
+    let dir = hooks_dir(repo)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in HOOKS {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(existing) if existing == *text => continue,
+            Ok(existing) if existing.contains("lode hook") => {} // an older shim
+            Ok(_) => {
+                let chained = dir.join(format!("{name}.lode-chained"));
+                if chained.exists() {
+                    anyhow::bail!(
+                        "{} exists and so does {}; merge them by hand, then run `lode init` again",
+                        path.display(),
+                        chained.display()
+                    );
+                }
+                std::fs::rename(&path, &chained)
+                    .with_context(|| format!("moving {} aside", path.display()))?;
+            }
+            Err(_) => {}
+        }
+        crate::durable::write(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Configure an existing repository for lode: git filter and diff config,
+/// hooks, and the store. What `init` and `clone` share.
+pub fn configure(repo: &Repo) -> Result<()> {
+    for (key, value) in FILTER_CONFIG {
+        repo.git(&["config", "--local", key, value])?;
+    }
+    install_hooks(repo)?;
+    Store::open(&repo.lode_dir)?;
+    Ok(())
+}
 
 /// Set up lode in this repository: git filter and diff configuration,
-/// the `.lodeconfig` file, and the store in `.git/lode`.
+/// the pre-push hook (uploads data before `git push` moves a ref; a hook
+/// already there runs first), the `.lodeconfig` file, and the store in
+/// `.git/lode`.
 ///
 /// Runs `git init` first when the directory is not in a repository yet.
 /// Safe to run again.
@@ -53,13 +105,10 @@ pub fn init(ctx: &Ctx, _args: InitArgs) -> Result<Outcome> {
         }
         Err(e) => return Err(e.into()),
     };
-    for (key, value) in FILTER_CONFIG {
-        repo.git(&["config", "--local", key, value])?;
-    }
-    Store::open(&repo.lode_dir)?;
-    let config = repo.workdir.join(".lodeconfig");
+    configure(&repo)?;
+    let config = repo.workdir.join(crate::config::FILE);
     if !config.exists() {
-        std::fs::write(&config, LODECONFIG)
+        std::fs::write(&config, crate::config::TEMPLATE)
             .with_context(|| format!("writing {}", config.display()))?;
     }
     ctx.note(format!(

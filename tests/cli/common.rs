@@ -10,6 +10,8 @@ pub const LODE: &str = env!("CARGO_BIN_EXE_lode");
 pub struct Env {
     pub tmp: tempfile::TempDir,
     pub home: PathBuf,
+    /// Variables every command gets (an S3 server's credentials).
+    vars: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Env {
@@ -17,7 +19,11 @@ impl Env {
         let tmp = tempfile::tempdir().expect("temp dir");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        let env = Env { tmp, home };
+        let env = Env {
+            tmp,
+            home,
+            vars: Default::default(),
+        };
         env.git_in(&env.home, &["config", "--global", "user.name", "Lode Test"]);
         env.git_in(
             &env.home,
@@ -64,9 +70,21 @@ impl Env {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("PATH", self.path_var())
             .env_remove("LODE_SKIP_SMUDGE")
+            .env_remove("LODE_TEST_FAIL_REQUEST")
+            .env_remove("LODE_TRANSFERS")
             .env_remove("GIT_DIR")
             .env_remove("GIT_WORK_TREE");
+        for (k, v) in self.vars.borrow().iter() {
+            c.env(k, v);
+        }
         c
+    }
+
+    /// Give every later command this environment variable.
+    pub fn set_var(&self, key: &str, value: &str) {
+        self.vars
+            .borrow_mut()
+            .push((key.to_string(), value.to_string()));
     }
 
     pub fn run(&self, program: &str, dir: &Path, args: &[&str]) -> Output {

@@ -3,4 +3,6 @@
 
 mod common;
 mod failures;
+mod remote;
+mod s3;
 mod workflow;
