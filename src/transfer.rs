@@ -291,11 +291,12 @@ pub struct FetchReport {
 }
 
 /// Download the data of `files` (file id, path for messages) that the
-/// local store lacks, every record verified.
+/// local store lacks, every record verified. `known` is the remote's index
+/// ([`sync_index`]).
 pub fn fetch(
     store: &Store,
     remote: &Remote,
-    lode_dir: &Path,
+    known: &Known,
     files: &[(Id, String)],
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<FetchReport> {
@@ -319,7 +320,6 @@ pub fn fetch(
     if want.is_empty() {
         return Ok(report);
     }
-    let known = sync_index(remote, lode_dir)?;
     let not_there = |what: String| {
         TransferError::Missing(format!(
             "{what} is not on the remote {} (was it pushed? `lode push` from the repository that committed it)",

@@ -19,12 +19,10 @@ pub fn run(ctx: &Ctx, _args: FilterArgs) -> Result<Outcome> {
     let repo = ctx.repo()?;
     let store = crate::store::Store::open(&repo.lode_dir)?;
     let mut cache = StatCache::load(&repo.lode_dir.join("statcache"));
+    let fetcher = super::transfer::SmudgeFetcher::new(&repo, &store);
     let opts = Options {
         skip_smudge: super::skip_smudge(),
-        fetch: Some(Box::new(|id, path| {
-            super::transfer::fetch_one(&repo.workdir, &store, id, path)
-                .map_err(|e| format!("{e:#}"))
-        })),
+        fetch: Some(Box::new(|id, path| fetcher.fetch(id, path))),
     };
     filter::serve(&repo.workdir, &store, &mut cache, &opts, &mut |msg| {
         eprintln!("lode: {msg}")

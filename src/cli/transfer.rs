@@ -2,7 +2,7 @@
 //! between this repository and its remote store.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -265,7 +265,8 @@ pub fn fetch_files(
     }
     let remote = open_remote(repo)?;
     let bar = transfer_bar(ctx, "downloading");
-    let report = transfer::fetch(store, &remote, &repo.lode_dir, &ids, &bar)
+    let report = transfer::sync_index(&remote, &repo.lode_dir)
+        .and_then(|known| transfer::fetch(store, &remote, &known, &ids, &bar))
         .with_context(|| format!("fetching data from {}", remote.url()))?;
     drop(bar);
     ctx.note(format!(
@@ -500,19 +501,42 @@ fn run_chained(repo: &Repo, name: &str, args: &[String], input: &str) -> Result<
     Ok(())
 }
 
-/// Fetch one file's data for the smudge filter (a `git checkout` of a
-/// commit whose data is not here yet).
-pub fn fetch_one(repo_dir: &Path, store: &Store, id: Id, path: &str) -> Result<()> {
-    let repo = Repo::discover(repo_dir)?;
-    let remote = open_remote(&repo)?;
-    transfer::fetch(
-        store,
-        &remote,
-        &repo.lode_dir,
-        &[(id, path.to_string())],
-        &|_, _| {},
-    )?;
-    Ok(())
+/// Fetches single files for the smudge filter (a `git checkout` of a
+/// commit whose data is not here yet). The remote and its index are opened
+/// on the first miss and reused for the rest of the checkout.
+pub struct SmudgeFetcher<'a> {
+    repo: &'a Repo,
+    store: &'a Store,
+    remote: std::cell::OnceCell<Result<(Remote, transfer::Known), String>>,
+}
+
+impl<'a> SmudgeFetcher<'a> {
+    pub fn new(repo: &'a Repo, store: &'a Store) -> Self {
+        SmudgeFetcher {
+            repo,
+            store,
+            remote: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn fetch(&self, id: Id, path: &str) -> Result<(), String> {
+        let opened = self.remote.get_or_init(|| {
+            let remote = open_remote(self.repo).map_err(|e| format!("{e:#}"))?;
+            let known = transfer::sync_index(&remote, &self.repo.lode_dir)
+                .map_err(|e| format!("reading the index of {}: {e}", remote.url()))?;
+            Ok((remote, known))
+        });
+        let (remote, known) = opened.as_ref().map_err(Clone::clone)?;
+        transfer::fetch(
+            self.store,
+            remote,
+            known,
+            &[(id, path.to_string())],
+            &|_, _| {},
+        )
+        .map(|_| ())
+        .map_err(|e| format!("fetching from {}: {e}", remote.url()))
+    }
 }
 
 #[cfg(test)]
