@@ -107,8 +107,7 @@ if ((BUILD)); then
     (cd "$ROOT" && cargo build --release --quiet) >&2
 fi
 [[ -x $TARGET/release/lode ]] || die "$TARGET/release/lode is missing (run cargo build --release)"
-export PATH="$TARGET/release:$PATH"
-help=$(lode --help 2>&1 || true)
+help=$("$TARGET/release/lode" --help 2>&1 || true)
 for cmd in init track add status remote push fetch clone; do
     grep -qE "(^|[[:space:]])$cmd([[:space:]]|$)" <<<"$help" || die "this lode has no '$cmd' command; build a newer one"
 done
@@ -142,6 +141,13 @@ wants B5 && need=$((need + SIZE_MIB * 8 * 1024))          # model, repo + store,
 wants B8 && need=$((need + FILES * 24))                   # source, copy, store, server, DVC cache
 avail=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
 ((avail > need)) || die "$WORK has $((avail / 1024)) MiB free; this run needs about $((need / 1024)) MiB"
+
+# A copy of the binaries first on PATH (git's filter runs `lode
+# filter-process`): a rebuild during the run does not change what is measured.
+mkdir "$WORK/bin"
+cp "$TARGET/release/lode" "$WORK/bin/"
+[[ -x $TARGET/release/git-lode ]] && cp "$TARGET/release/git-lode" "$WORK/bin/"
+export PATH="$WORK/bin:$PATH"
 
 LOG=$WORK/log
 : >"$LOG"
@@ -431,6 +437,7 @@ for i in range(n):
 EOF
 fi
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((r = 1; r <= RUNS; r++)); do
     if wants B5; then
         say "run $r/$RUNS: B5 lode"; b5_lode "$r"
@@ -477,6 +484,7 @@ echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "- machine: $(nproc) cores, ${cpu:-unknown CPU}, $mem memory, kernel $(uname -r); work dir on $fs"
 echo "- versions: $(ver git --version); $(ver lode --version); $(ver "$GARAGE" --version | cut -d' ' -f1-2); dvc $(ver "${DVC[@]}" --version); boto3 $("$PY" -c 'import boto3; print(boto3.__version__)' 2>/dev/null || echo n/a)"
+echo "- load average (1, 5, 15 min) before the runs: $LOAD0; after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- server and clients share the cores; Garage block compression off; page cache warm; wall-clock seconds"
 echo
 

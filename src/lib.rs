@@ -14,6 +14,7 @@ pub mod git;
 pub mod id;
 pub mod index;
 pub mod layout;
+pub mod mount;
 pub mod pack;
 pub mod pointer;
 pub mod recipe;

@@ -414,13 +414,13 @@ pub fn fetch(
     Ok(report)
 }
 
-type OnRecord<'a> = dyn Fn(Entry, Vec<u8>, Bytes) -> Result<(), StoreError> + Sync + 'a;
+pub(crate) type OnRecord<'a> = dyn Fn(Entry, Vec<u8>, Bytes) -> Result<(), StoreError> + Sync + 'a;
 
 /// Read `entries` from the remote's packs: grouped by pack, sorted by
 /// offset, coalesced into ranges of up to [`RANGE_MAX`], many in flight;
 /// each record decoded and verified, then handed to `on_record` with its
 /// raw bytes and the record as stored.
-fn read_records(
+pub(crate) fn read_records(
     remote: &Remote,
     entries: &[Entry],
     downloaded: &std::sync::atomic::AtomicU64,

@@ -6,9 +6,9 @@
 //! kernel driver asks for: inode numbers, lookups by (parent inode, name),
 //! directory listings with offsets, reads at offsets, and errno values. The
 //! logic is plain Rust, tested without a kernel against a reference model;
-//! one thin adapter (next: `fuse.rs`, the only file that will touch
-//! `fuser`) will log, reply and call in. `lode` implements the trait in
-//! `src/mount.rs` from git trees and its stores.
+//! one thin adapter ([`fuse`], the only file that touches `fuser`) replies
+//! to the kernel. `lode` implements the trait in `src/mount.rs` from git
+//! trees and its stores.
 //!
 //! Inodes: the root is 1; every other path gets the next number the first
 //! time it is looked up, and keeps it for the life of the mount (the tree is
@@ -17,6 +17,8 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+
+pub mod fuse;
 
 /// What a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,6 +11,7 @@ mod demo;
 mod filter;
 mod fsck;
 mod inspect;
+mod mount;
 mod setup;
 mod transfer;
 
@@ -48,6 +49,11 @@ Transfer:
   fetch           Download the data of a commit into the local store
   pull            git pull, then fetch and check out the new data in parallel
   clone           git clone, then fetch and check out the data in parallel
+
+Mount:
+  mount           Show a commit's files in a directory, fetched lazily as they are read
+  umount          Unmount a directory lode mount serves
+  prefetch        Fill the node cache with a commit's files ahead of a job
 
 Upkeep:
   fsck            Verify the store; --read-data re-checks every byte
@@ -95,6 +101,9 @@ enum Command {
     Fetch(transfer::FetchArgs),
     Pull(transfer::PullArgs),
     Clone(transfer::CloneArgs),
+    Mount(mount::MountArgs),
+    Umount(mount::UmountArgs),
+    Prefetch(mount::PrefetchArgs),
     Fsck(fsck::FsckArgs),
     Hook(transfer::HookArgs),
     #[command(name = "filter-process")]
@@ -192,6 +201,9 @@ pub fn main() -> i32 {
         Command::Fetch(a) => transfer::fetch(&ctx, a),
         Command::Pull(a) => transfer::pull(&ctx, a),
         Command::Clone(a) => transfer::clone(&ctx, a),
+        Command::Mount(a) => mount::mount(&ctx, a),
+        Command::Umount(a) => mount::umount(&ctx, a),
+        Command::Prefetch(a) => mount::prefetch(&ctx, a),
         Command::Fsck(a) => fsck::run(&ctx, a),
         Command::Hook(a) => transfer::hook(&ctx, a),
         Command::FilterProcess(a) => filter::run(&ctx, a),
