@@ -65,19 +65,51 @@ impl Metrics {
             ));
         };
         line("reads_total", "read requests served", g(&self.reads));
-        line("bytes_served_total", "bytes returned to readers", g(&self.bytes_served));
-        line("memory_hits_total", "chunks found in memory", g(&self.memory_hits));
-        line("cache_hits_total", "chunks found in the node cache", g(&self.cache_hits));
-        line("store_reads_total", "chunks read from the local store", g(&self.store_reads));
-        line("remote_chunks_total", "chunks fetched from the remote", g(&self.remote_chunks));
-        line("remote_bytes_total", "bytes downloaded from the remote", g(&self.remote_bytes));
-        line("remote_fetches_total", "batches fetched from the remote", g(&self.remote_fetches));
+        line(
+            "bytes_served_total",
+            "bytes returned to readers",
+            g(&self.bytes_served),
+        );
+        line(
+            "memory_hits_total",
+            "chunks found in memory",
+            g(&self.memory_hits),
+        );
+        line(
+            "cache_hits_total",
+            "chunks found in the node cache",
+            g(&self.cache_hits),
+        );
+        line(
+            "store_reads_total",
+            "chunks read from the local store",
+            g(&self.store_reads),
+        );
+        line(
+            "remote_chunks_total",
+            "chunks fetched from the remote",
+            g(&self.remote_chunks),
+        );
+        line(
+            "remote_bytes_total",
+            "bytes downloaded from the remote",
+            g(&self.remote_bytes),
+        );
+        line(
+            "remote_fetches_total",
+            "batches fetched from the remote",
+            g(&self.remote_fetches),
+        );
         line(
             "remote_fetch_seconds_total",
             "time spent in remote fetches",
             g(&self.remote_fetch_micros) / 1_000_000,
         );
-        line("errors_total", "reads answered with an error", g(&self.errors));
+        line(
+            "errors_total",
+            "reads answered with an error",
+            g(&self.errors),
+        );
         out
     }
 }
@@ -174,7 +206,8 @@ impl NodeCache {
             Ok(())
         })();
         if written.is_ok() {
-            let used = self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+            let used =
+                self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
             if used > self.limit {
                 self.evict();
             }
@@ -247,6 +280,9 @@ impl Memory {
     }
 }
 
+/// A recipe with the offset of each chunk in the file.
+pub type Laid = (Recipe, Vec<u64>);
+
 /// How the remote is reached: opened on the first miss, and again after a
 /// failure (a server that was down may be back).
 pub type OpenRemote = Box<dyn Fn() -> Result<Remote, String> + Send + Sync>;
@@ -259,7 +295,7 @@ pub struct Sources {
     open_remote: Option<OpenRemote>,
     remote: Mutex<Option<Arc<(Remote, Known)>>>,
     memory: Mutex<Memory>,
-    recipes: Mutex<HashMap<Id, Arc<(Recipe, Vec<u64>)>>>,
+    recipes: Mutex<HashMap<Id, Arc<Laid>>>,
     /// Chunks being fetched in the background (read-ahead).
     in_flight: Mutex<HashSet<Id>>,
     pub metrics: Metrics,
@@ -270,7 +306,12 @@ fn io(e: impl std::fmt::Display) -> Error {
 }
 
 impl Sources {
-    pub fn new(store: Store, lode_dir: PathBuf, cache: NodeCache, open_remote: Option<OpenRemote>) -> Sources {
+    pub fn new(
+        store: Store,
+        lode_dir: PathBuf,
+        cache: NodeCache,
+        open_remote: Option<OpenRemote>,
+    ) -> Sources {
         Sources {
             store,
             lode_dir,
@@ -309,7 +350,7 @@ impl Sources {
     }
 
     /// A file's recipe and chunk offsets.
-    pub fn recipe(&self, id: &Id) -> Result<Arc<(Recipe, Vec<u64>)>, Error> {
+    pub fn recipe(&self, id: &Id) -> Result<Arc<Laid>, Error> {
         if let Some(r) = self.recipes.lock().expect("recipe lock poisoned").get(id) {
             return Ok(r.clone());
         }
@@ -337,7 +378,8 @@ impl Sources {
         let found = Mutex::new(None);
         let downloaded = AtomicU64::new(0);
         transfer::read_records(remote, &[entry], &downloaded, &|_| {}, &|e, raw, _| {
-            let recipe = Recipe::decode(&raw, &e.id).map_err(|source| StoreError::Recipe { id: e.id, source })?;
+            let recipe = Recipe::decode(&raw, &e.id)
+                .map_err(|source| StoreError::Recipe { id: e.id, source })?;
             *found.lock().expect("found") = Some(recipe);
             Ok(())
         })
@@ -442,7 +484,8 @@ impl Sources {
         .map_err(|e| self.remote_failed(e))?;
         let m = &self.metrics;
         m.remote_fetches.fetch_add(1, Ordering::Relaxed);
-        m.remote_chunks.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        m.remote_chunks
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         m.remote_bytes
             .fetch_add(downloaded.into_inner(), Ordering::Relaxed);
         m.remote_fetch_micros
@@ -451,7 +494,8 @@ impl Sources {
     }
 
     /// Put chunks that are neither local nor cached into the node cache
-    /// (read-ahead and `lode prefetch`). Returns the bytes fetched.
+    /// (read-ahead and `lode prefetch`). Returns the bytes fetched. Blocks
+    /// on the network: never call it from a rayon pool thread.
     pub fn warm(&self, chunks: &[(Id, u32)]) -> Result<u64, Error> {
         let missing: Vec<(Id, u32)> = chunks
             .iter()
@@ -491,7 +535,7 @@ impl Tree {
             .map_err(|e| format!("cannot resolve {rev:?}: {e}"))?;
         let tree = id
             .object()
-            .and_then(|o| o.peel_to_tree().map_err(Into::into))
+            .and_then(|o| o.peel_to_tree())
             .map_err(|e| format!("{rev:?} has no tree: {e}"))?;
         let mut recorder = gix::traverse::tree::Recorder::default();
         tree.traverse()
@@ -611,11 +655,13 @@ impl Tree {
 
     /// A reader that continues where it stopped gets the next window of
     /// chunks fetched in the background; the window doubles each time.
-    fn read_ahead(&self, id: Id, r: Arc<(Recipe, Vec<u64>)>, offset: u64, end: u64, next: usize) {
+    fn read_ahead(&self, id: Id, r: Arc<Laid>, offset: u64, end: u64, next: usize) {
         let window = {
             let mut streams = self.streams.lock().expect("streams lock poisoned");
             let (last_end, window) = streams.get(&id).copied().unwrap_or((u64::MAX, 0));
-            let window = if offset == last_end || (offset < last_end && last_end - offset < 4 << 20 && window > 0) {
+            let window = if offset == last_end
+                || (offset < last_end && last_end - offset < 4 << 20 && window > 0)
+            {
                 (window * 2).clamp(FIRST_WINDOW, MAX_WINDOW)
             } else {
                 0
@@ -629,7 +675,11 @@ impl Tree {
         let offsets = &r.1;
         let stop = offsets.partition_point(|&o| o < end + window);
         let todo: Vec<(Id, u32)> = {
-            let mut in_flight = self.sources.in_flight.lock().expect("in-flight lock poisoned");
+            let mut in_flight = self
+                .sources
+                .in_flight
+                .lock()
+                .expect("in-flight lock poisoned");
             r.0.chunks[next..stop]
                 .iter()
                 .filter(|(cid, _)| {
@@ -644,14 +694,28 @@ impl Tree {
             return;
         }
         let sources = self.sources.clone();
-        rayon::spawn(move || {
-            // Errors here are not the reader's: its own read fetches again.
-            let _ = sources.warm(&todo);
-            let mut in_flight = sources.in_flight.lock().expect("in-flight lock poisoned");
-            for (cid, _) in &todo {
-                in_flight.remove(cid);
-            }
-        });
+        // A thread of its own, not rayon's pool: a fetch blocks on network
+        // requests and then decodes on rayon, and blocking pool threads on
+        // work queued behind them would deadlock.
+        let spawned = std::thread::Builder::new()
+            .name("lode-readahead".into())
+            .spawn(move || {
+                // Errors here are not the reader's: its own read fetches again.
+                let _ = sources.warm(&todo);
+                let mut in_flight = sources.in_flight.lock().expect("in-flight lock poisoned");
+                for (cid, _) in &todo {
+                    in_flight.remove(cid);
+                }
+            });
+        if spawned.is_err() {
+            // No thread to spare: the reads themselves will fetch.
+            let mut in_flight = self
+                .sources
+                .in_flight
+                .lock()
+                .expect("in-flight lock poisoned");
+            in_flight.clear();
+        }
     }
 }
 

@@ -203,7 +203,11 @@ fn config(opts: &Options) -> Config {
 }
 
 /// Mount `snapshot` at `dir` and serve it until unmounted (blocks).
-pub fn serve<S: Snapshot + 'static>(snapshot: S, dir: &Path, opts: &Options) -> std::io::Result<()> {
+pub fn serve<S: Snapshot + 'static>(
+    snapshot: S,
+    dir: &Path,
+    opts: &Options,
+) -> std::io::Result<()> {
     let adapter = Adapter {
         fs: Fs::new(snapshot),
         uid: opts.uid,

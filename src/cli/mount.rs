@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use rayon::prelude::*;
 
 use super::{Ctx, Outcome, human};
 use crate::git::Repo;
@@ -67,7 +66,12 @@ fn sources(repo: &Repo, store: Store, cache: &CacheArgs) -> Result<Sources> {
                 .map_err(|e| format!("{e:#}"))
         }) as OpenRemote
     });
-    Ok(Sources::new(store, repo.lode_dir.clone(), node_cache, open_remote))
+    Ok(Sources::new(
+        store,
+        repo.lode_dir.clone(),
+        node_cache,
+        open_remote,
+    ))
 }
 
 /// Show a commit's files in a read-only directory, their bytes fetched as
@@ -118,20 +122,26 @@ pub fn mount(ctx: &Ctx, args: MountArgs) -> Result<Outcome> {
     let (repo, store) = ctx.open()?;
     // A mount left by a killed daemon answers "transport endpoint is not
     // connected": clear it so the directory can be used again.
-    if let Err(e) = std::fs::metadata(&dir)
-        && e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error())
-    {
-        unmount(&dir, true).with_context(|| format!("clearing the dead mount at {}", dir.display()))?;
+    if dead_mount(&dir) {
+        unmount(&dir, true)
+            .with_context(|| format!("clearing the dead mount at {}", dir.display()))?;
     }
     if !dir.is_dir() {
         anyhow::bail!("{} is not a directory; create it first", dir.display());
     }
     let dir = std::fs::canonicalize(&dir)?;
     if is_mounted(&dir) {
-        anyhow::bail!("{} is already a mount point; `lode umount {}` first", dir.display(), dir.display());
+        anyhow::bail!(
+            "{} is already a mount point; `lode umount {}` first",
+            dir.display(),
+            dir.display()
+        );
     }
     if std::fs::read_dir(&dir)?.next().is_some() {
-        anyhow::bail!("{} is not empty; mount on an empty directory", dir.display());
+        anyhow::bail!(
+            "{} is not empty; mount on an empty directory",
+            dir.display()
+        );
     }
     if !args.foreground {
         return detach(ctx, &repo, &rev, &dir, &args);
@@ -152,7 +162,8 @@ pub fn mount(ctx: &Ctx, args: MountArgs) -> Result<Outcome> {
         mtime: commit_time(&repo, &rev),
     };
     eprintln!("lode: serving {rev} at {}", dir.display());
-    lode_fuse::fuse::serve(tree, &dir, &opts).with_context(|| format!("mounting at {}", dir.display()))?;
+    lode_fuse::fuse::serve(tree, &dir, &opts)
+        .with_context(|| format!("mounting at {}", dir.display()))?;
     Ok(Outcome::Ok)
 }
 
@@ -179,7 +190,12 @@ fn detach(ctx: &Ctx, repo: &Repo, rev: &str, dir: &Path, args: &MountArgs) -> Re
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("-C")
         .arg(&repo.workdir)
-        .args(["mount", "--foreground", "--threads", &args.threads.to_string()])
+        .args([
+            "mount",
+            "--foreground",
+            "--threads",
+            &args.threads.to_string(),
+        ])
         .arg("--cache")
         .arg(args.cache.dir())
         .arg("--cache-size")
@@ -210,15 +226,30 @@ fn detach(ctx: &Ctx, repo: &Repo, rev: &str, dir: &Path, args: &MountArgs) -> Re
         }
         if let Some(status) = child.try_wait()? {
             let text = std::fs::read(&log_path).unwrap_or_default();
-            let tail = String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
+            let tail =
+                String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
             anyhow::bail!("the mount process failed ({status}):\n{}", tail.trim_end());
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            anyhow::bail!("the mount at {} was not ready after 60 s; see {}", dir.display(), log_path.display());
+            anyhow::bail!(
+                "the mount at {} was not ready after 60 s; see {}",
+                dir.display(),
+                log_path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether `dir` is a FUSE mount whose process is gone (killed): every
+/// request that reaches it fails with ENOTCONN. (A `stat` may still be
+/// answered from the kernel's attribute cache; opening the directory is
+/// not.)
+fn dead_mount(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()))
 }
 
 /// Whether `dir` (canonical) is a lode mount point, from /proc/self/mountinfo.
@@ -251,7 +282,10 @@ fn unmount(dir: &Path, lazy: bool) -> Result<()> {
     match rustix::mount::unmount(dir, flags) {
         Ok(()) => return Ok(()),
         Err(rustix::io::Errno::PERM) => {}
-        Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("unmounting {}", dir.display())),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("unmounting {}", dir.display()));
+        }
     }
     for tool in ["fusermount3", "fusermount"] {
         let mut cmd = std::process::Command::new(tool);
@@ -260,10 +294,17 @@ fn unmount(dir: &Path, lazy: bool) -> Result<()> {
             if out.status.success() {
                 return Ok(());
             }
-            anyhow::bail!("{tool} -u {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+            anyhow::bail!(
+                "{tool} -u {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
-    anyhow::bail!("cannot unmount {}: not root and no fusermount3 on PATH", dir.display())
+    anyhow::bail!(
+        "cannot unmount {}: not root and no fusermount3 on PATH",
+        dir.display()
+    )
 }
 
 /// Unmount a directory `lode mount` serves; its process then exits.
@@ -277,9 +318,7 @@ pub struct UmountArgs {
 
 pub fn umount(ctx: &Ctx, args: UmountArgs) -> Result<Outcome> {
     let dir = ctx.cwd.join(&args.dir);
-    let dead = std::fs::metadata(&dir)
-        .err()
-        .is_some_and(|e| e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()));
+    let dead = dead_mount(&dir);
     let canonical = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
     if !dead && !is_mounted(&canonical) {
         anyhow::bail!("{} is not mounted", dir.display());
@@ -332,21 +371,16 @@ pub fn prefetch(ctx: &Ctx, args: PrefetchArgs) -> Result<Outcome> {
         let r = sources
             .recipe(&pointer.id)
             .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        // Batches of 256 chunks (16 MiB), a few at once; each batch is
-        // itself many ranged requests in flight.
-        let got: Vec<u64> = r
-            .0
-            .chunks
-            .par_chunks(256)
-            .map(|batch| {
-                let n = sources.warm(batch).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-                if let Some(b) = &bar {
-                    b.inc(batch.iter().map(|c| c.1 as u64).sum());
-                }
-                Ok(n)
-            })
-            .collect::<Result<_>>()?;
-        fetched += got.iter().sum::<u64>();
+        // Batches of 1024 chunks (64 MiB), each many ranged requests in
+        // flight (decoded on all cores).
+        for batch in r.0.chunks.chunks(1024) {
+            fetched += sources
+                .warm(batch)
+                .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            if let Some(b) = &bar {
+                b.inc(batch.iter().map(|c| c.1 as u64).sum());
+            }
+        }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
