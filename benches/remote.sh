@@ -437,6 +437,7 @@ for i in range(n):
 EOF
 fi
 
+sync # the inputs' writeback should not land in the first run's timings
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((r = 1; r <= RUNS; r++)); do
     if wants B5; then

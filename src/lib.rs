@@ -3,6 +3,7 @@
 //! The module tree and the data flow of add, checkout and fsck are in
 //! `docs/ARCHITECTURE.md`; byte layouts in `docs/FORMAT.md`.
 
+pub mod audit;
 pub mod chunk;
 pub mod compress;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod durable;
 pub mod filter;
 pub mod fsck;
 mod fuzz;
+pub mod gates;
 pub mod git;
 pub mod id;
 pub mod index;

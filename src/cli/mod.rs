@@ -10,6 +10,7 @@ mod checkout;
 mod demo;
 mod filter;
 mod fsck;
+mod gate;
 mod inspect;
 mod mount;
 mod setup;
@@ -54,6 +55,11 @@ Mount:
   mount           Show a commit's files in a directory, fetched lazily as they are read
   umount          Unmount a directory lode mount serves
   prefetch        Fill the node cache with a commit's files ahead of a job
+
+Governance:
+  gate            Run, list and inspect eval gates (.lode/gates.toml)
+  verify          Check that a commit's models passed their gates (for CI, deploys)
+  audit           Show or check the audit trail of pushes and gate results
 
 Upkeep:
   fsck            Verify the store; --read-data re-checks every byte
@@ -104,6 +110,9 @@ enum Command {
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     Prefetch(mount::PrefetchArgs),
+    Gate(gate::GateArgs),
+    Verify(gate::VerifyArgs),
+    Audit(gate::AuditArgs),
     Fsck(fsck::FsckArgs),
     Hook(transfer::HookArgs),
     #[command(name = "filter-process")]
@@ -204,6 +213,9 @@ pub fn main() -> i32 {
         Command::Mount(a) => mount::mount(&ctx, a),
         Command::Umount(a) => mount::umount(&ctx, a),
         Command::Prefetch(a) => mount::prefetch(&ctx, a),
+        Command::Gate(a) => gate::gate(&ctx, a),
+        Command::Verify(a) => gate::verify(&ctx, a),
+        Command::Audit(a) => gate::audit_cmd(&ctx, a),
         Command::Fsck(a) => fsck::run(&ctx, a),
         Command::Hook(a) => transfer::hook(&ctx, a),
         Command::FilterProcess(a) => filter::run(&ctx, a),

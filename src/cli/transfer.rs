@@ -418,7 +418,14 @@ pub struct HookArgs {
 pub fn hook(ctx: &Ctx, args: HookArgs) -> Result<Outcome> {
     match args.name.as_str() {
         "pre-push" => pre_push(ctx, &args.args),
-        other => anyhow::bail!("unknown hook {other:?}; lode handles pre-push"),
+        "pre-receive" => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading what is pushed from stdin")?;
+            super::gate::pre_receive(ctx, &input)
+        }
+        other => anyhow::bail!("unknown hook {other:?}; lode handles pre-push and pre-receive"),
     }
 }
 
@@ -432,12 +439,18 @@ fn pre_push(ctx: &Ctx, args: &[String]) -> Result<Outcome> {
     let remote_name = args.first().map(String::as_str).unwrap_or("");
     let mut include = Vec::new();
     let mut exclude = Vec::new();
+    let mut moves = Vec::new();
     for line in input.lines() {
         // <local ref> SP <local sha> SP <remote ref> SP <remote sha>
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let [_, local, _, theirs] = parts[..] else {
+        let [_, local, remote_ref, theirs] = parts[..] else {
             continue;
         };
+        moves.push(crate::audit::RefMove {
+            name: remote_ref.to_string(),
+            old: theirs.to_string(),
+            new: local.to_string(),
+        });
         if local.bytes().all(|b| b == b'0') {
             continue; // a deletion sends nothing
         }
@@ -449,6 +462,8 @@ fn pre_push(ctx: &Ctx, args: &[String]) -> Result<Outcome> {
     if include.is_empty() {
         return Ok(Outcome::Ok);
     }
+    // Which git remote to push notes and the audit trail to.
+    let destination = args.get(1).or(args.first()).cloned().unwrap_or_default();
     let named_remote = !remote_name.is_empty()
         && repo
             .git(&["config", "--get", &format!("remote.{remote_name}.url")])
@@ -460,17 +475,75 @@ fn pre_push(ctx: &Ctx, args: &[String]) -> Result<Outcome> {
     // check against the remote's index): a remote-tracking ref says the
     // git remote has a commit, not that the lode store has its data.
     let mut files = repo.new_pointers(&include, &exclude)?;
+    // Gates first: a failing model stops the push before any data moves.
+    let mut gate_results = Vec::new();
+    for m in &moves {
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        if zero(&m.new) || !(m.name.starts_with("refs/heads/") || m.name.starts_with("refs/tags/"))
+        {
+            continue;
+        }
+        let theirs = (!zero(&m.old) && repo.has_object(&m.old)).then_some(m.old.as_str());
+        let mut not = exclude.clone();
+        not.extend(theirs.map(str::to_string));
+        let sent: Vec<(String, crate::pointer::Pointer)> = repo
+            .new_pointers(std::slice::from_ref(&m.new), &not)?
+            .into_iter()
+            .map(|t| (t.path, t.pointer))
+            .collect();
+        gate_results.extend(super::gate::gate_push(
+            ctx,
+            &repo.workdir,
+            &repo.lode_dir,
+            &store,
+            &m.new,
+            theirs,
+            &sent,
+        )?);
+    }
     for tip in &include {
         files.extend(repo.tracked_at(tip)?);
     }
-    if files.is_empty() {
-        return Ok(Outcome::Ok);
+    if !files.is_empty() {
+        let remote = open_remote(&repo)
+            .context("the push carries lode files, so their data must go first")?;
+        push_files(ctx, &repo, &store, &remote, &files)
+            .context("the push is refused, so that no ref points at data the remote lacks")?;
     }
-    let remote =
-        open_remote(&repo).context("the push carries lode files, so their data must go first")?;
-    push_files(ctx, &repo, &store, &remote, &files)
-        .context("the push is refused, so that no ref points at data the remote lacks")?;
+    // The audit entry for this push; then notes and the trail go with it.
+    let mut rec = crate::audit::Record::new(&repo.workdir, "push");
+    rec.refs = moves;
+    rec.files = files.iter().map(|t| t.pointer.id.to_string()).collect();
+    rec.files.sort();
+    rec.files.dedup();
+    rec.message = Some(format!("git push to {destination}"));
+    rec.gates = super::gate::summaries(&gate_results);
+    crate::audit::append(&repo.workdir, &rec).context("recording the push in the audit trail")?;
+    push_lode_refs(&repo, &destination)?;
     Ok(Outcome::Ok)
+}
+
+/// Push the gate notes and the audit trail to the git remote (a nested
+/// push, without hooks). A remote whose notes moved on is an error: merge
+/// them (`git fetch DEST refs/notes/lode:refs/notes/lode-theirs`, `git notes
+/// --ref=lode merge refs/notes/lode-theirs`) and push again.
+fn push_lode_refs(repo: &Repo, destination: &str) -> Result<()> {
+    if destination.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&str> = [crate::audit::NOTES_REF, crate::audit::AUDIT_REF]
+        .into_iter()
+        .filter(|r| repo.git(&["rev-parse", "-q", "--verify", r]).is_ok())
+        .collect();
+    if refs.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["push", "-q", "--no-verify", destination];
+    args.extend(refs.iter().copied());
+    repo.git(&args).with_context(|| {
+        format!("pushing gate notes and the audit trail to {destination}; the push is refused")
+    })?;
+    Ok(())
 }
 
 /// Run the hook lode's shim replaced, if there was one, with git's
