@@ -3,6 +3,7 @@
 
 mod common;
 mod failures;
+mod gates;
 mod mount;
 mod remote;
 mod s3;
