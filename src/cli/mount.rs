@@ -329,7 +329,7 @@ pub fn umount(ctx: &Ctx, args: UmountArgs) -> Result<Outcome> {
             dir.display()
         ))
     })?;
-    ctx.note(format!("unmounted {}", dir.display()));
+    ctx.note(format!("unmounted {}", canonical.display()));
     Ok(Outcome::Ok)
 }
 

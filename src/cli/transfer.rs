@@ -359,10 +359,17 @@ pub fn clone(ctx: &Ctx, args: CloneArgs) -> Result<Outcome> {
         ctx.note("the repository is empty; lode is set up in it");
         return Ok(Outcome::Ok);
     }
-    let skip = crate::cli::skip_smudge();
+    let mut skip = crate::cli::skip_smudge();
     if !skip {
         let files = repo.tracked_at("HEAD")?;
-        if !files.is_empty() {
+        if !files.is_empty() && config::remote_url(&repo)?.is_none() {
+            ctx.note(format!(
+                "the repository names no lode remote (.lodeconfig), so its {} lode file(s) stay pointers; \
+                 `lode remote set URL` then `lode checkout` gets them",
+                files.len()
+            ));
+            skip = true;
+        } else if !files.is_empty() {
             fetch_files(ctx, &repo, &store, &files)?;
         }
     }
@@ -380,7 +387,7 @@ pub fn clone(ctx: &Ctx, args: CloneArgs) -> Result<Outcome> {
     }
     if skip {
         ctx.note(format!(
-            "cloned into {} with pointers only (LODE_SKIP_SMUDGE); `lode checkout` gets the data",
+            "cloned into {} with pointers only; `lode checkout` gets the data",
             dir.display()
         ));
         return Ok(Outcome::Ok);
