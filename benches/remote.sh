@@ -14,6 +14,9 @@
 #   --no-build     use target/release/lode as it is
 #   --keep         keep the work directory (printed at the end)
 #
+# Each timed or set-up step is killed after LODE_BENCH_STEP_LIMIT seconds
+# (default 1800), failing the run, so that a hang is reported, not waited on.
+#
 # B5 (push, then fetch into a fresh clone), each run, each tool against a
 # freshly started, empty Garage:
 #   lode   a repository with the checkpoint committed through lode's filter
@@ -223,8 +226,15 @@ EOF
 declare -A T=()       # "row|label" -> space-separated samples, one per run, in run order
 record() { T["$1|$2"]+=" $3"; }
 
-fail() {
-    echo "remote.sh: error: '$*' failed in $PWD; the log ends (--keep keeps it):" >&2
+# Every step runs under a time limit, so a hang fails the run instead of
+# stalling it (LODE_BENCH_STEP_LIMIT seconds, default 1800).
+STEP_LIMIT=${LODE_BENCH_STEP_LIMIT:-1800}
+step() { timeout -k 10 "$STEP_LIMIT" "$@"; }
+fail() { # RC CMD...
+    local rc=$1 how="failed (exit $1)"
+    shift
+    ((rc == 124 || rc == 137)) && how="did not finish in $STEP_LIMIT s (LODE_BENCH_STEP_LIMIT) and was killed"
+    echo "remote.sh: error: '$*' $how in $PWD; the log ends (--keep keeps it):" >&2
     tail -n 20 "$LOG" >&2
     exit 1
 }
@@ -235,24 +245,24 @@ measure() {
     shift 2
     echo "+ $*" >>"$LOG"
     t0=$EPOCHREALTIME
-    "$@" >>"$LOG" 2>&1 || fail "$@"
+    step "$@" >>"$LOG" 2>&1 || fail $? "$@"
     t1=$EPOCHREALTIME
     record "$row" "$label" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')"
 }
 # measure_out ROW LABEL FILE CMD...: the same, with CMD's stdout in FILE.
 measure_out() {
-    local row=$1 label=$2 out=$3 t0 t1
+    local row=$1 label=$2 out=$3 t0 t1 rc
     shift 3
     echo "+ $* >$out" >>"$LOG"
     t0=$EPOCHREALTIME
-    "$@" >"$out" 2>>"$LOG" || { cat "$out" >>"$LOG"; fail "$@"; }
+    step "$@" >"$out" 2>>"$LOG" || { rc=$?; cat "$out" >>"$LOG"; fail $rc "$@"; }
     t1=$EPOCHREALTIME
     cat "$out" >>"$LOG"
     record "$row" "$label" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')"
 }
 quiet() {
     echo "+ $*" >>"$LOG"
-    "$@" >>"$LOG" 2>&1 || fail "$@"
+    step "$@" >>"$LOG" 2>&1 || fail $? "$@"
 }
 json_field() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 expect_pointer() { # PATH: HEAD's blob of PATH is a lode pointer
@@ -326,8 +336,8 @@ b5_plain() {
     garage_start
     fresh_dir b5
     echo "+ python3 plain.py" >>"$LOG"
-    t=$("$PY" "$PLAIN_PY" "$BUCKET" "plain-r$r/model.safetensors" "$MODEL" "$WORK/b5/download" 2>>"$LOG") ||
-        fail python3 plain.py
+    t=$(step "$PY" "$PLAIN_PY" "$BUCKET" "plain-r$r/model.safetensors" "$MODEL" "$WORK/b5/download" 2>>"$LOG") ||
+        fail $? python3 plain.py
     echo "$t" >>"$LOG"
     record B5 plain-up "${t% *}"
     record B5 plain-down "${t#* }"
@@ -420,7 +430,7 @@ b8_dvc() {
 
 if wants B5; then
     say "generating a ${SIZE_MIB} MiB checkpoint in $WORK"
-    "$PY" "$ROOT/benches/gen_model.py" --size-mib "$SIZE_MIB" --out "$MODEL" 2>>"$LOG" || fail gen_model.py
+    "$PY" "$ROOT/benches/gen_model.py" --size-mib "$SIZE_MIB" --out "$MODEL" 2>>"$LOG" || fail $? gen_model.py
 fi
 ONE=$( [[ -f $MODEL ]] && stat -c %s "$MODEL" || echo 0)
 if wants B8; then

@@ -140,7 +140,7 @@ pub struct Inner {
     bad_tables: Mutex<Vec<(PathBuf, String)>>,
     pending: Mutex<Pending>,
     closed: Condvar,
-    closer: Mutex<Option<(mpsc::SyncSender<Closing>, std::thread::JoinHandle<()>)>>,
+    closer: Mutex<Option<(mpsc::Sender<Closing>, std::thread::JoinHandle<()>)>>,
     packs: Mutex<HashMap<Id, Arc<PackFile>>>,
 }
 
@@ -168,6 +168,9 @@ impl Drop for Store {
         }
     }
 }
+
+/// Full packs that may wait for the closer before appends wait too.
+const MAX_CLOSING: usize = 4;
 
 /// Chunks read at once when a file is written out: 64 chunks, 4 MiB on
 /// average; batches of a materialized file run in parallel.
@@ -200,9 +203,11 @@ impl Store {
         inner.load_tables()?;
         inner.index_orphans()?;
         inner.remove_stale_temps();
-        // At most a few full packs wait to be closed: backpressure when the
-        // disk is slower than hashing (each waiting pack holds open files).
-        let (tx, rx) = mpsc::sync_channel::<Closing>(4);
+        // Unbounded: packs are handed over under the pack lock (that keeps
+        // them in order) and the closer takes that lock too, so a send must
+        // never block. Appends wait instead when more than MAX_CLOSING full
+        // packs are queued (see `append_encoded`).
+        let (tx, rx) = mpsc::channel::<Closing>();
         let worker = inner.clone();
         let handle = std::thread::Builder::new()
             .name("lode-pack-closer".into())
@@ -432,6 +437,14 @@ impl Inner {
         pending.open_ids.push(id);
         if full {
             self.hand_off(&mut pending)?;
+            // Backpressure when the disk is slower than hashing: at most
+            // MAX_CLOSING full packs wait (each holds an open file). The
+            // wait releases the lock, so the closer can finish one; the
+            // hand-off itself never blocks under the lock (the closer needs
+            // it too: blocking there deadlocked).
+            while pending.closing > MAX_CLOSING && pending.failed.is_none() {
+                pending = self.closed.wait(pending).expect("pack lock poisoned");
+            }
         }
         Ok(true)
     }
