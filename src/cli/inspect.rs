@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use clap::Args;
 use rayon::prelude::*;
@@ -75,23 +77,31 @@ pub fn status(ctx: &Ctx, args: StatusArgs) -> Result<Outcome> {
             (path.clone(), state, staged, fresh)
         })
         .collect();
+    let mut changed = false;
     for (path, _, _, fresh) in &rows {
         if let Some((stamp, id)) = fresh {
-            cache.insert(path.clone(), *stamp, *id, read_at);
+            changed |= cache.insert(path.clone(), *stamp, *id, read_at);
         }
     }
-    let _ = cache.save();
+    if changed {
+        let _ = cache.save();
+    }
+    // One write for many lines (100 000 files: one write(2) each was a
+    // second of the no-op status).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (path, state, ptr, _) in &rows {
         if args.json {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 json!({"path": path, "state": state, "id": ptr.map(|p| p.id.to_string()), "size": ptr.map(|p| p.size)})
-            );
+            )?;
         } else {
             let size = ptr.map(|p| human(p.size)).unwrap_or_default();
-            println!("{state:<12} {size:>10}  {path}");
+            writeln!(out, "{state:<12} {size:>10}  {path}")?;
         }
     }
+    out.flush()?;
     if rows.is_empty() && !args.json {
         ctx.note("no tracked files; track some with `lode track PATTERN` or `lode add PATH`");
     }
