@@ -114,10 +114,10 @@ MOUNT_PID=
 wipe() { [[ -e $1 ]] || return 0; chmod -R u+w "$1" 2>/dev/null || true; rm -rf "$1"; }
 # The processes serving a mount on $MNT (ours: the path is this run's).
 mount_pids() {
-    local p
+    local p line
     for p in /proc/[0-9]*; do
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "--foreground" || continue
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- " $MNT" && echo "${p#/proc/}"
+        line=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
+        [[ $line == *--foreground* && $line == *" $MNT "* ]] && echo "${p#/proc/}"
     done
     return 0
 }
@@ -258,7 +258,8 @@ unmount() {
     rmdir "$MNT"
 }
 # counters: the array C = (reads memory node-cache store remote-chunks
-# remote-bytes errors), as the mount counts them now
+# remote-bytes errors remote-fetches remote-fetch-seconds), as the mount
+# counts them now
 C=()
 counters() {
     local text
@@ -271,7 +272,9 @@ counters() {
         /^lode_mount_remote_chunks_total /  { rc = $2 }
         /^lode_mount_remote_bytes_total /   { rb = $2 }
         /^lode_mount_errors_total /         { e = $2 }
-        END { printf "%d %d %d %d %d %d %d\n", r, m, c, s, rc, rb, e }' <<<"$text")"
+        /^lode_mount_remote_fetches_total / { f = $2 }
+        /^lode_mount_remote_fetch_seconds_total / { fs = $2 }
+        END { printf "%d %d %d %d %d %d %d %d %d\n", r, m, c, s, rc, rb, e, f, fs }' <<<"$text")"
 }
 # timed_mount_read LABEL: time a read of the mounted checkpoint; where its
 # bytes came from (counter deltas, as counters orders them) goes to
@@ -284,7 +287,7 @@ timed_mount_read() {
     a=("${C[@]}")
     read_file "$1" "$MNT/model.safetensors"
     counters
-    for i in 0 1 2 3 4 5 6; do D[i]=$((C[i] - a[i])); done
+    for i in 0 1 2 3 4 5 6 7 8; do D[i]=$((C[i] - a[i])); done
     SRC["$1"]="${D[*]}"
     ((D[6] == 0)) || die "$1: the mount answered ${D[6]} read(s) with an error (see $MOUNT_LOG)"
 }
@@ -334,7 +337,10 @@ quiet git add .lodeconfig
 quiet git commit -qm model
 head=$(git cat-file -p HEAD:model.safetensors | head -n 1)
 [[ $head == "version lode/1"* ]] || die "HEAD:model.safetensors is '${head:0:40}', not a lode pointer"
-quiet lode push
+echo "+ lode push --json" >>"$LOG"
+step lode push --json >"$WORK/push.json" 2>>"$LOG" || fail $? lode push --json
+cat "$WORK/push.json" >>"$LOG"
+PUSHED=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["bytes_uploaded"])' "$WORK/push.json")
 quiet git init -q --bare "$ORIGIN"
 quiet git push -q --no-verify "$ORIGIN" main
 quiet "$PY" "$PLAIN_PY" up "$BUCKET" "$MODEL" plain/model.safetensors
@@ -440,6 +446,7 @@ echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "- machine: $(nproc) cores, ${cpu:-unknown CPU}, $mem memory, kernel $(uname -r); work dir on $fs"
 echo "- versions: $(ver lode --version); $(ver "$GARAGE" --version | cut -d' ' -f1-2); boto3 $("$PY" -c 'import boto3; print(boto3.__version__)' 2>/dev/null || echo n/a); $(ver cat --version)"
 echo "- load average (1, 5, 15 min) before the runs: $LOAD0; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- the checkpoint is $ONE bytes; lode pushed $PUSHED bytes of packs (what a cold read fetches, at least)"
 echo "- reads are \`cat FILE > /dev/null\` timed as a command; page cache warm (plain file, packs, node cache, Garage's blocks); Garage on the same cores, block compression off; wall-clock seconds"
 echo
 
@@ -463,12 +470,15 @@ row boto3 "boto3 download_file (8 parallel 16 MiB ranges)"
 echo
 echo "Where the last run's reads got their chunks (counter deltas of the mount's \`--metrics\`):"
 echo
-echo "| read | FUSE reads | memory | node cache | local store | remote chunks | remote bytes |"
-echo "|---|---|---|---|---|---|---|"
+echo "| read | FUSE reads | chunks: memory | node cache | local store | remote | remote bytes | remote batches | their seconds, summed |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for k in store-first store-second node prefetched cold cold-second; do
-    read -ra d <<<"${SRC[$k]:-0 0 0 0 0 0 0}"
-    echo "| $k | ${d[0]} | ${d[1]} | ${d[2]} | ${d[3]} | ${d[4]} | ${d[5]} |"
+    read -ra d <<<"${SRC[$k]:-0 0 0 0 0 0 0 0 0}"
+    echo "| $k | ${d[0]} | ${d[1]} | ${d[2]} | ${d[3]} | ${d[4]} | ${d[5]} | ${d[7]} | ${d[8]} |"
 done
+echo
+read -ra d <<<"${SRC[cold]:-0 0 0 0 0 0 0 0 0}"
+echo "The cold read downloaded $(awk -v a="${d[5]}" -v b="$PUSHED" 'BEGIN { printf "%.2f", a / b }') x the bytes lode pushed."
 echo
 target() { # TEXT NUM DEN OP GOAL: median of same-run NUM/DEN against GOAL
     local rs m
