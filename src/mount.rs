@@ -38,7 +38,7 @@ pub const MAX_WINDOW: u64 = 64 << 20;
 /// The first window once a reader is seen going forward.
 const FIRST_WINDOW: u64 = 1 << 20;
 /// Bytes of chunks kept in memory.
-const MEM_BYTES: u64 = 128 << 20;
+const MEM_BYTES: u64 = 256 << 20;
 
 /// Counters for `--metrics` (Prometheus text format).
 #[derive(Default)]
@@ -173,16 +173,16 @@ impl NodeCache {
     /// The chunk, if cached and intact.
     pub fn get(&self, id: &Id) -> Option<Vec<u8>> {
         let path = self.path(id);
-        let bytes = std::fs::read(&path).ok()?;
+        let mut file = std::fs::File::open(&path).ok()?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
         if Id::of_chunk(&bytes) != *id {
             // Damaged on disk: drop it; the caller fetches it again.
             let _ = std::fs::remove_file(&path);
             return None;
         }
         // Mark it used (LRU); best effort.
-        if let Ok(f) = std::fs::File::open(&path) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
+        let _ = file.set_modified(std::time::SystemTime::now());
         Some(bytes)
     }
 
@@ -298,6 +298,8 @@ pub struct Sources {
     recipes: Mutex<HashMap<Id, Arc<Laid>>>,
     /// Chunks being fetched in the background (read-ahead).
     in_flight: Mutex<HashSet<Id>>,
+    /// Signalled when read-ahead chunks land (or fail).
+    landed: std::sync::Condvar,
     pub metrics: Metrics,
 }
 
@@ -325,6 +327,7 @@ impl Sources {
             }),
             recipes: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            landed: std::sync::Condvar::new(),
             metrics: Metrics::default(),
         }
     }
@@ -398,18 +401,51 @@ impl Sources {
     }
 
     /// The bytes of `chunks` (id, length), each verified, fetched from the
-    /// nearest source that has it.
+    /// nearest source that has it. Chunks that read-ahead is bringing in
+    /// are waited for, not read a second time.
     pub fn chunks(&self, chunks: &[(Id, u32)]) -> Result<Vec<Arc<Vec<u8>>>, Error> {
+        self.chunks_from(chunks, true)
+    }
+
+    fn from_memory(&self, chunks: &[(Id, u32)], out: &mut [Option<Arc<Vec<u8>>>]) {
+        let mut mem = self.memory.lock().expect("memory lock poisoned");
+        for (i, (id, _)) in chunks.iter().enumerate() {
+            if out[i].is_none()
+                && let Some(b) = mem.get(id)
+            {
+                self.metrics.memory_hits.fetch_add(1, Ordering::Relaxed);
+                out[i] = Some(b);
+            }
+        }
+    }
+
+    fn chunks_from(&self, chunks: &[(Id, u32)], wait: bool) -> Result<Vec<Arc<Vec<u8>>>, Error> {
         let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; chunks.len()];
         let mut from_store = Vec::new();
         let mut from_remote = Vec::new();
-        {
-            let mut mem = self.memory.lock().expect("memory lock poisoned");
-            for (i, (id, _)) in chunks.iter().enumerate() {
-                if let Some(b) = mem.get(id) {
-                    self.metrics.memory_hits.fetch_add(1, Ordering::Relaxed);
-                    out[i] = Some(b);
+        self.from_memory(chunks, &mut out);
+        if wait {
+            let pending: Vec<Id> = {
+                let in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+                chunks
+                    .iter()
+                    .zip(&out)
+                    .filter(|((id, _), o)| o.is_none() && in_flight.contains(id))
+                    .map(|((id, _), _)| *id)
+                    .collect()
+            };
+            if !pending.is_empty() {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+                while pending.iter().any(|id| in_flight.contains(id)) && std::time::Instant::now() < deadline {
+                    in_flight = self
+                        .landed
+                        .wait_timeout(in_flight, std::time::Duration::from_millis(200))
+                        .expect("in-flight lock poisoned")
+                        .0;
                 }
+                drop(in_flight);
+                self.from_memory(chunks, &mut out);
             }
         }
         for (i, (id, len)) in chunks.iter().enumerate() {
@@ -518,13 +554,22 @@ enum Node {
     Lode { pointer: Pointer, attr: Attr },
 }
 
+/// A file's sequential reader: where its reads have got to, its
+/// read-ahead window, and how far read-ahead has been scheduled.
+#[derive(Clone, Copy)]
+struct Stream {
+    end: u64,
+    window: u64,
+    scheduled: u64,
+}
+
 /// A commit's tree over [`Sources`].
 pub struct Tree {
     repo: gix::ThreadSafeRepository,
     nodes: HashMap<String, Node>,
     sources: Arc<Sources>,
-    /// Per file: where the last read ended and the read-ahead window.
-    streams: Mutex<HashMap<Id, (u64, u64)>>,
+    /// Per file: the sequential reader's state.
+    streams: Mutex<HashMap<Id, Stream>>,
 }
 
 impl Tree {
@@ -649,44 +694,53 @@ impl Tree {
             buf[written..written + n].copy_from_slice(&bytes[from as usize..to]);
             written += n;
         }
-        self.read_ahead(pointer.id, r.clone(), offset, end, last);
+        self.read_ahead(pointer.id, r.clone(), offset, end);
         Ok(written)
     }
 
-    /// A reader that continues where it stopped gets the next window of
-    /// chunks fetched in the background; the window doubles each time.
-    fn read_ahead(&self, id: Id, r: Arc<Laid>, offset: u64, end: u64, next: usize) {
-        let window = {
+    /// A reader going forward (reads near where the last ones ended; FUSE
+    /// delivers them slightly out of order) gets the chunks ahead of it
+    /// brought into memory (and the node cache, from the remote) in the
+    /// background, in batches of half a window; the window doubles with
+    /// each such read up to [`MAX_WINDOW`]. Any other read resets it.
+    fn read_ahead(&self, id: Id, r: Arc<Laid>, offset: u64, end: u64) {
+        let size = r.0.size;
+        let (from, to) = {
             let mut streams = self.streams.lock().expect("streams lock poisoned");
-            let (last_end, window) = streams.get(&id).copied().unwrap_or((u64::MAX, 0));
-            let window = if offset == last_end
-                || (offset < last_end && last_end - offset < 4 << 20 && window > 0)
-            {
-                (window * 2).clamp(FIRST_WINDOW, MAX_WINDOW)
+            let s = streams.entry(id).or_insert(Stream {
+                end: u64::MAX,
+                window: 0,
+                scheduled: 0,
+            });
+            let near = s.end != u64::MAX && offset.abs_diff(s.end) <= 4 << 20;
+            if near {
+                s.window = (s.window * 2).clamp(FIRST_WINDOW, MAX_WINDOW);
+                s.end = s.end.max(end);
             } else {
-                0
-            };
-            streams.insert(id, (end, window));
-            window
+                *s = Stream {
+                    end,
+                    window: 0,
+                    scheduled: 0,
+                };
+                return;
+            }
+            let from = s.scheduled.max(s.end);
+            let to = (s.end + s.window).min(size);
+            if to <= from || (to - from < s.window / 2 && to < size) {
+                return;
+            }
+            s.scheduled = to;
+            (from, to)
         };
-        if window == 0 || next >= r.0.chunks.len() {
-            return;
-        }
         let offsets = &r.1;
-        let stop = offsets.partition_point(|&o| o < end + window);
+        let first = offsets.partition_point(|&o| o <= from).saturating_sub(1);
+        let last = offsets.partition_point(|&o| o < to);
         let todo: Vec<(Id, u32)> = {
-            let mut in_flight = self
-                .sources
-                .in_flight
-                .lock()
-                .expect("in-flight lock poisoned");
-            r.0.chunks[next..stop]
+            let mut in_flight = self.sources.in_flight.lock().expect("in-flight lock poisoned");
+            let mem = self.sources.memory.lock().expect("memory lock poisoned");
+            r.0.chunks[first..last]
                 .iter()
-                .filter(|(cid, _)| {
-                    !self.sources.cache.contains(cid)
-                        && self.sources.store.lookup(cid).is_none()
-                        && in_flight.insert(*cid)
-                })
+                .filter(|(cid, _)| !mem.chunks.contains_key(cid) && in_flight.insert(*cid))
                 .copied()
                 .collect()
         };
@@ -694,27 +748,31 @@ impl Tree {
             return;
         }
         let sources = self.sources.clone();
+        let done = move |sources: &Sources, todo: &[(Id, u32)]| {
+            let mut in_flight = sources.in_flight.lock().expect("in-flight lock poisoned");
+            for (cid, _) in todo {
+                in_flight.remove(cid);
+            }
+            sources.landed.notify_all();
+        };
         // A thread of its own, not rayon's pool: a fetch blocks on network
         // requests and then decodes on rayon, and blocking pool threads on
         // work queued behind them would deadlock.
+        let todo_for_thread = todo.clone();
         let spawned = std::thread::Builder::new()
             .name("lode-readahead".into())
             .spawn(move || {
                 // Errors here are not the reader's: its own read fetches again.
-                let _ = sources.warm(&todo);
-                let mut in_flight = sources.in_flight.lock().expect("in-flight lock poisoned");
-                for (cid, _) in &todo {
-                    in_flight.remove(cid);
-                }
+                let _ = sources.chunks_from(&todo_for_thread, false);
+                done(&sources, &todo_for_thread);
             });
         if spawned.is_err() {
             // No thread to spare: the reads themselves will fetch.
-            let mut in_flight = self
-                .sources
-                .in_flight
-                .lock()
-                .expect("in-flight lock poisoned");
-            in_flight.clear();
+            let mut in_flight = self.sources.in_flight.lock().expect("in-flight lock poisoned");
+            for (cid, _) in &todo {
+                in_flight.remove(cid);
+            }
+            self.sources.landed.notify_all();
         }
     }
 }
@@ -787,4 +845,41 @@ pub fn serve_metrics(addr: &str, sources: Arc<Sources>) -> std::io::Result<std::
             }
         })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_cache_verifies_and_evicts_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NodeCache::open(dir.path(), 100_000).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 40_000]).collect();
+        let ids: Vec<Id> = chunks.iter().map(|c| Id::of_chunk(c)).collect();
+        cache.put(&ids[0], &chunks[0]);
+        cache.put(&ids[1], &chunks[1]);
+        // Make the first the oldest, the second recently used.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::open(cache.path(&ids[0])).unwrap().set_modified(old).unwrap();
+        assert_eq!(cache.get(&ids[1]).unwrap(), chunks[1]);
+        cache.put(&ids[2], &chunks[2]); // 120 000 bytes > 100 000: evict
+        assert!(!cache.contains(&ids[0]), "the least recently used stays");
+        assert!(cache.contains(&ids[1]) && cache.contains(&ids[2]));
+        // A damaged file is dropped, not returned.
+        std::fs::write(cache.path(&ids[2]), b"garbage").unwrap();
+        assert!(cache.get(&ids[2]).is_none());
+        assert!(!cache.contains(&ids[2]));
+        // A second cache on the same directory sees what is there.
+        let again = NodeCache::open(dir.path(), 100_000).unwrap();
+        assert_eq!(again.get(&ids[1]).unwrap(), chunks[1]);
+    }
+
+    #[test]
+    fn metrics_render_as_prometheus_text() {
+        let m = Metrics::default();
+        m.bytes_served.fetch_add(42, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("# TYPE lode_mount_bytes_served_total counter\nlode_mount_bytes_served_total 42\n"));
+    }
 }
