@@ -437,7 +437,9 @@ impl Sources {
             if !pending.is_empty() {
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
                 let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
-                while pending.iter().any(|id| in_flight.contains(id)) && std::time::Instant::now() < deadline {
+                while pending.iter().any(|id| in_flight.contains(id))
+                    && std::time::Instant::now() < deadline
+                {
                     in_flight = self
                         .landed
                         .wait_timeout(in_flight, std::time::Duration::from_millis(200))
@@ -736,7 +738,11 @@ impl Tree {
         let first = offsets.partition_point(|&o| o <= from).saturating_sub(1);
         let last = offsets.partition_point(|&o| o < to);
         let todo: Vec<(Id, u32)> = {
-            let mut in_flight = self.sources.in_flight.lock().expect("in-flight lock poisoned");
+            let mut in_flight = self
+                .sources
+                .in_flight
+                .lock()
+                .expect("in-flight lock poisoned");
             let mem = self.sources.memory.lock().expect("memory lock poisoned");
             r.0.chunks[first..last]
                 .iter()
@@ -768,7 +774,11 @@ impl Tree {
             });
         if spawned.is_err() {
             // No thread to spare: the reads themselves will fetch.
-            let mut in_flight = self.sources.in_flight.lock().expect("in-flight lock poisoned");
+            let mut in_flight = self
+                .sources
+                .in_flight
+                .lock()
+                .expect("in-flight lock poisoned");
             for (cid, _) in &todo {
                 in_flight.remove(cid);
             }
@@ -861,7 +871,10 @@ mod tests {
         cache.put(&ids[1], &chunks[1]);
         // Make the first the oldest, the second recently used.
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        std::fs::File::open(cache.path(&ids[0])).unwrap().set_modified(old).unwrap();
+        std::fs::File::open(cache.path(&ids[0]))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert_eq!(cache.get(&ids[1]).unwrap(), chunks[1]);
         cache.put(&ids[2], &chunks[2]); // 120 000 bytes > 100 000: evict
         assert!(!cache.contains(&ids[0]), "the least recently used stays");
@@ -880,6 +893,8 @@ mod tests {
         let m = Metrics::default();
         m.bytes_served.fetch_add(42, Ordering::Relaxed);
         let text = m.render();
-        assert!(text.contains("# TYPE lode_mount_bytes_served_total counter\nlode_mount_bytes_served_total 42\n"));
+        assert!(text.contains(
+            "# TYPE lode_mount_bytes_served_total counter\nlode_mount_bytes_served_total 42\n"
+        ));
     }
 }

@@ -641,20 +641,8 @@ impl Inner {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Ingested> {
         let starts: Vec<usize> = std::iter::once(0).chain(ends.iter().copied()).collect();
-        let results: Vec<(Id, u32, bool)> = starts
-            .par_windows(2)
-            .map(|w| {
-                // A private copy: `data` may be a map of a file another
-                // process is writing, and the bytes hashed must be the
-                // bytes stored (I1). One 64 KiB copy per chunk is cheap
-                // next to hashing it.
-                let bytes = data[w[0]..w[1]].to_vec();
-                let id = Id::of_chunk(&bytes);
-                let new = self.append(Kind::Chunk, id, &bytes)?;
-                progress(bytes.len() as u64);
-                Ok((id, bytes.len() as u32, new))
-            })
-            .collect::<Result<_>>()?;
+        let pieces: Vec<&[u8]> = starts.windows(2).map(|w| &data[w[0]..w[1]]).collect();
+        let results = self.store_chunks(&pieces, progress)?;
         let new_bytes = results.iter().filter(|r| r.2).map(|r| r.1 as u64).sum();
         let recipe = Recipe {
             size: data.len() as u64,
@@ -667,6 +655,47 @@ impl Inner {
             size: recipe.size,
             new_bytes,
         })
+    }
+
+    /// Hash and compress chunks in parallel, then append them in the
+    /// order given, a batch at a time: a file's chunks lie in order in its
+    /// packs, so a sequential read of the file is a sequential read of the
+    /// pack (coalesced local reads, ranged remote reads without gaps).
+    /// Returns (id, length, whether it was new) per chunk.
+    fn store_chunks(
+        &self,
+        pieces: &[&[u8]],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<(Id, u32, bool)>> {
+        const BATCH: usize = 512; // about 32 MiB
+        let mut out = Vec::with_capacity(pieces.len());
+        for batch in pieces.chunks(BATCH) {
+            let prepared: Vec<(Id, Vec<u8>, Option<(compress::Codec, Option<Vec<u8>>)>)> = batch
+                .par_iter()
+                .map(|piece| {
+                    // A private copy: `data` may be a map of a file another
+                    // process is writing, and the bytes hashed must be the
+                    // bytes stored (I1). One 64 KiB copy per chunk is cheap
+                    // next to hashing it.
+                    let bytes = piece.to_vec();
+                    let id = Id::of_chunk(&bytes);
+                    let encoded = (!self.contains(&id)).then(|| compress::encode(&bytes));
+                    (id, bytes, encoded)
+                })
+                .collect();
+            for (id, bytes, encoded) in prepared {
+                let new = match encoded {
+                    Some((codec, stored)) if !self.contains(&id) => {
+                        let stored = stored.as_deref().unwrap_or(&bytes);
+                        self.append_encoded(Kind::Chunk, id, codec, bytes.len(), stored)?
+                    }
+                    _ => false,
+                };
+                progress(bytes.len() as u64);
+                out.push((id, bytes.len() as u32, new));
+            }
+        }
+        Ok(out)
     }
 
     fn store_recipe(&self, recipe: &Recipe) -> Result<Id> {
@@ -739,13 +768,8 @@ impl Inner {
             if batch.is_empty() {
                 break;
             }
-            let done: Vec<(Id, u32, bool)> = batch
-                .par_iter()
-                .map(|(_, bytes)| {
-                    let id = Id::of_chunk(bytes);
-                    Ok((id, bytes.len() as u32, self.append(Kind::Chunk, id, bytes)?))
-                })
-                .collect::<Result<_>>()?;
+            let pieces: Vec<&[u8]> = batch.iter().map(|(_, b)| b.as_slice()).collect();
+            let done = self.store_chunks(&pieces, &|_| {})?;
             for (id, len, new) in done {
                 size += len as u64;
                 if new {

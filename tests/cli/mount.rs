@@ -157,15 +157,29 @@ fn a_mount_shows_each_commit_as_checkout_does_and_refuses_writes() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "still mounted");
 
     // Prometheus metrics on loopback count what was served.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mdir = env.tmp.path().join("metered");
     std::fs::create_dir_all(&mdir).unwrap();
     env.lode_ok(
         &repo,
-        &["mount", "--metrics", &addr, "--cache", cache.to_str().unwrap(), mdir.to_str().unwrap()],
+        &[
+            "mount",
+            "--metrics",
+            &addr,
+            "--cache",
+            cache.to_str().unwrap(),
+            mdir.to_str().unwrap(),
+        ],
     );
-    let metered = Mounted { env: &env, dir: mdir };
+    let metered = Mounted {
+        env: &env,
+        dir: mdir,
+    };
     assert_eq!(sha(&metered.dir.join(model)), sha(&repo.join(model)));
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
