@@ -169,6 +169,10 @@ impl Drop for Store {
     }
 }
 
+/// A chunk ready to append: id, private copy, and (when the store lacks
+/// it) its codec and compressed bytes.
+type Prepared = (Id, Vec<u8>, Option<(compress::Codec, Option<Vec<u8>>)>);
+
 /// Full packs that may wait for the closer before appends wait too.
 const MAX_CLOSING: usize = 4;
 
@@ -669,31 +673,53 @@ impl Inner {
     ) -> Result<Vec<(Id, u32, bool)>> {
         const BATCH: usize = 512; // about 32 MiB
         let mut out = Vec::with_capacity(pieces.len());
-        for batch in pieces.chunks(BATCH) {
-            let prepared: Vec<(Id, Vec<u8>, Option<(compress::Codec, Option<Vec<u8>>)>)> = batch
-                .par_iter()
-                .map(|piece| {
-                    // A private copy: `data` may be a map of a file another
-                    // process is writing, and the bytes hashed must be the
-                    // bytes stored (I1). One 64 KiB copy per chunk is cheap
-                    // next to hashing it.
-                    let bytes = piece.to_vec();
-                    let id = Id::of_chunk(&bytes);
-                    let encoded = (!self.contains(&id)).then(|| compress::encode(&bytes));
-                    (id, bytes, encoded)
-                })
-                .collect();
-            for (id, bytes, encoded) in prepared {
-                let new = match encoded {
-                    Some((codec, stored)) if !self.contains(&id) => {
-                        let stored = stored.as_deref().unwrap_or(&bytes);
-                        self.append_encoded(Kind::Chunk, id, codec, bytes.len(), stored)?
-                    }
-                    _ => false,
-                };
-                progress(bytes.len() as u64);
-                out.push((id, bytes.len() as u32, new));
-            }
+        let mut batches = pieces.chunks(BATCH);
+        let mut ready = batches.next().map(|b| self.prepare_chunks(b));
+        // Appending one batch (in order, one thread) overlaps with hashing
+        // and compressing the next (all the other threads).
+        while let Some(current) = ready.take() {
+            let next = batches.next();
+            let (prepared, appended) = rayon::join(
+                || next.map(|b| self.prepare_chunks(b)),
+                || self.append_prepared(current, progress),
+            );
+            out.extend(appended?);
+            ready = prepared;
+        }
+        Ok(out)
+    }
+
+    /// Hash each piece (a private copy: the source may be a map of a file
+    /// another process is writing, and the bytes hashed must be the bytes
+    /// stored, I1) and compress the ones the store lacks.
+    fn prepare_chunks(&self, batch: &[&[u8]]) -> Vec<Prepared> {
+        batch
+            .par_iter()
+            .map(|piece| {
+                let bytes = piece.to_vec();
+                let id = Id::of_chunk(&bytes);
+                let encoded = (!self.contains(&id)).then(|| compress::encode(&bytes));
+                (id, bytes, encoded)
+            })
+            .collect()
+    }
+
+    fn append_prepared(
+        &self,
+        prepared: Vec<Prepared>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<(Id, u32, bool)>> {
+        let mut out = Vec::with_capacity(prepared.len());
+        for (id, bytes, encoded) in prepared {
+            let new = match encoded {
+                Some((codec, stored)) if !self.contains(&id) => {
+                    let stored = stored.as_deref().unwrap_or(&bytes);
+                    self.append_encoded(Kind::Chunk, id, codec, bytes.len(), stored)?
+                }
+                _ => false,
+            };
+            progress(bytes.len() as u64);
+            out.push((id, bytes.len() as u32, new));
         }
         Ok(out)
     }
