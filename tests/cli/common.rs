@@ -232,3 +232,18 @@ pub fn largest_pack(repo: &Path) -> PathBuf {
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     packs.pop().expect("a pack")
 }
+
+/// Random bytes (xorshift): incompressible, so stored raw and never
+/// deduplicated by accident.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

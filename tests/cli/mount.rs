@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, LODE, sha, stderr};
+use crate::common::{Env, LODE, noise, sha, stderr};
 use crate::s3::Garage;
 
 /// Whether this machine can mount FUSE filesystems (root and /dev/fuse).
@@ -231,20 +231,6 @@ print(len(a))
     );
     let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(n > 10, "only {n} tensors");
-}
-
-/// Random bytes (xorshift): incompressible, stored raw.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{Env, LODE, sha, stderr, stdout};
+use crate::common::{Env, LODE, noise, sha, stderr, stdout};
 use crate::s3::Garage;
 
 /// A bare git repository to push to.
@@ -186,20 +186,6 @@ fn git_push_without_a_lode_remote_is_refused_with_what_to_do() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("lode remote set"), "{}", stderr(&out));
     assert_eq!(remote_main(&env, &origin), None);
-}
-
-/// Random bytes (xorshift): incompressible, so packs fill up.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Parse a remote's index segments with lode's own reader and check that
