@@ -233,6 +233,89 @@ pub fn append(dir: &Path, record: &Record) -> Result<String, GitError> {
     })
 }
 
+/// The commit `remote` has at `name`, if any.
+fn remote_tip(dir: &Path, remote: &str, name: &str) -> Result<Option<String>, GitError> {
+    let out = run_git(dir, &["ls-remote", remote, name], None)?;
+    Ok(out.split_whitespace().next().map(str::to_string))
+}
+
+fn local_tip(dir: &Path, name: &str) -> Option<String> {
+    run_git(dir, &["rev-parse", "-q", "--verify", name], None)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn contains(dir: &Path, ours: Option<&str>, theirs: &str) -> bool {
+    ours.is_some_and(|o| run_git(dir, &["merge-base", "--is-ancestor", theirs, o], None).is_ok())
+}
+
+/// Bring the local notes and audit trail up to date with `remote`'s before
+/// they are pushed, so that pushes from several people fast-forward:
+/// notes are merged (where both annotated the same commit, ours wins: a
+/// note is about the gates run here); audit entries made here since the
+/// remote's tip are appended again on top of it. The remote's entries are
+/// never rewritten.
+pub fn catch_up(dir: &Path, remote: &str) -> Result<(), GitError> {
+    const THEIRS: &str = "refs/lode/remote-tmp";
+    if let Some(theirs) = remote_tip(dir, remote, NOTES_REF)? {
+        let ours = local_tip(dir, NOTES_REF);
+        if !contains(dir, ours.as_deref(), &theirs) {
+            run_git(
+                dir,
+                &["fetch", "-q", remote, &format!("+{NOTES_REF}:{THEIRS}")],
+                None,
+            )?;
+            if ours.is_some() {
+                run_git(
+                    dir,
+                    &[
+                        "notes", "--ref", NOTES_REF, "merge", "-q", "-s", "ours", THEIRS,
+                    ],
+                    None,
+                )?;
+            } else {
+                run_git(dir, &["update-ref", NOTES_REF, &theirs], None)?;
+            }
+            run_git(dir, &["update-ref", "-d", THEIRS], None)?;
+        }
+    }
+    if let Some(theirs) = remote_tip(dir, remote, AUDIT_REF)? {
+        let ours = local_tip(dir, AUDIT_REF);
+        if !contains(dir, ours.as_deref(), &theirs) {
+            run_git(
+                dir,
+                &["fetch", "-q", remote, &format!("+{AUDIT_REF}:{THEIRS}")],
+                None,
+            )?;
+            let mine: Vec<Record> = match &ours {
+                Some(o) => {
+                    let range = format!("{theirs}..{o}");
+                    let list = run_git(
+                        dir,
+                        &["rev-list", "--reverse", "--first-parent", &range],
+                        None,
+                    )?;
+                    let revs: Vec<String> =
+                        list.lines().map(|c| format!("{c}:record.json")).collect();
+                    let refs: Vec<&str> = revs.iter().map(String::as_str).collect();
+                    cat_blobs(dir, &refs)
+                        .into_iter()
+                        .filter_map(|t| serde_json::from_str(&t?).ok())
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            let old = ours.unwrap_or_default();
+            run_git(dir, &["update-ref", AUDIT_REF, &theirs, &old], None)?;
+            for record in &mine {
+                append(dir, record)?;
+            }
+            run_git(dir, &["update-ref", "-d", THEIRS], None)?;
+        }
+    }
+    Ok(())
+}
+
 /// The audit trail, newest first: (commit, record or why it is unreadable).
 pub fn log(dir: &Path) -> Vec<(String, Result<Record, String>)> {
     let Ok(out) = run_git(dir, &["rev-list", "--first-parent", AUDIT_REF], None) else {
@@ -254,8 +337,9 @@ pub fn log(dir: &Path) -> Vec<(String, Result<Record, String>)> {
 }
 
 /// Check the chain: one parent per entry (one root), a tree of exactly
-/// `record.json` that parses, time that never goes backwards. Returns the
-/// number of entries, or what is wrong.
+/// `record.json` that parses. (Times may go backwards: entries made offline
+/// are appended after others' when they are pushed.) Returns the number of
+/// entries, or what is wrong.
 pub fn verify_chain(dir: &Path) -> Result<usize, Vec<String>> {
     let Ok(out) = run_git(dir, &["rev-list", "--parents", AUDIT_REF], None) else {
         return Ok(0);

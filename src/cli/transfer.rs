@@ -531,13 +531,15 @@ fn pre_push(ctx: &Ctx, args: &[String]) -> Result<Outcome> {
 }
 
 /// Push the gate notes and the audit trail to the git remote (a nested
-/// push, without hooks). A remote whose notes moved on is an error: merge
-/// them (`git fetch DEST refs/notes/lode:refs/notes/lode-theirs`, `git notes
-/// --ref=lode merge refs/notes/lode-theirs`) and push again.
+/// push, without hooks), after catching up with what others pushed there
+/// ([`crate::audit::catch_up`]).
 fn push_lode_refs(repo: &Repo, destination: &str) -> Result<()> {
     if destination.is_empty() {
         return Ok(());
     }
+    crate::audit::catch_up(&repo.workdir, destination).with_context(|| {
+        format!("merging {destination}'s gate notes and audit trail into ours; the push is refused")
+    })?;
     let refs: Vec<&str> = [crate::audit::NOTES_REF, crate::audit::AUDIT_REF]
         .into_iter()
         .filter(|r| repo.git(&["rev-parse", "-q", "--verify", r]).is_ok())

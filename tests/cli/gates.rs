@@ -356,3 +356,44 @@ fn a_file_that_passed_a_gate_is_not_run_again() {
         "{list}"
     );
 }
+
+#[test]
+fn two_people_pushing_share_one_audit_trail_and_their_notes() {
+    let a = Env::new();
+    let (repo, bare) = gated(&a);
+    commit_model(&a, &repo, 0.95, 0.5, false, "a1");
+    a.git_in(&repo, &["push", "-q", "origin", "main"]);
+
+    // Someone else clones (without the notes or the trail) and pushes.
+    let b = Env::new();
+    let clone = b.tmp.path().join("b");
+    b.lode_ok(
+        b.tmp.path(),
+        &["clone", bare.to_str().unwrap(), clone.to_str().unwrap()],
+    );
+    commit_model(&b, &clone, 0.96, 0.4, false, "b1");
+    let out = b.run("git", &clone, &["push", "origin", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The first person pulls the code and pushes again: their trail and
+    // notes catch up with the remote's first, so both fast-forward.
+    a.git_in(&repo, &["pull", "-q", "--ff-only", "origin", "main"]);
+    commit_model(&a, &repo, 0.97, 0.3, false, "a2");
+    let out = a.run("git", &repo, &["push", "origin", "main"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let log = a.lode_ok(&bare, &["audit", "log", "--json"]);
+    let pushes = log
+        .lines()
+        .filter(|l| l.contains("\"action\":\"push\""))
+        .count();
+    assert_eq!(pushes, 3, "{log}");
+    a.lode_ok(&repo, &["audit", "verify"]);
+    b.git_in(&clone, &["pull", "-q", "--ff-only", "origin", "main"]);
+    // Every commit's gate results are on the server.
+    for rev in ["HEAD", "HEAD~1", "HEAD~2"] {
+        let commit = a.git_in(&repo, &["rev-parse", rev]);
+        let out = a.lode(&bare, &["verify", commit.trim()]);
+        assert!(out.status.success(), "{rev}: {}", stdout(&out));
+    }
+}
