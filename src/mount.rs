@@ -407,7 +407,7 @@ impl Sources {
         self.chunks_from(chunks, true)
     }
 
-    fn from_memory(&self, chunks: &[(Id, u32)], out: &mut [Option<Arc<Vec<u8>>>]) {
+    fn fill_from_memory(&self, chunks: &[(Id, u32)], out: &mut [Option<Arc<Vec<u8>>>]) {
         let mut mem = self.memory.lock().expect("memory lock poisoned");
         for (i, (id, _)) in chunks.iter().enumerate() {
             if out[i].is_none()
@@ -423,7 +423,7 @@ impl Sources {
         let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; chunks.len()];
         let mut from_store = Vec::new();
         let mut from_remote = Vec::new();
-        self.from_memory(chunks, &mut out);
+        self.fill_from_memory(chunks, &mut out);
         if wait {
             let pending: Vec<Id> = {
                 let in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
@@ -447,7 +447,7 @@ impl Sources {
                         .0;
                 }
                 drop(in_flight);
-                self.from_memory(chunks, &mut out);
+                self.fill_from_memory(chunks, &mut out);
             }
         }
         for (i, (id, len)) in chunks.iter().enumerate() {
