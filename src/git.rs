@@ -406,6 +406,10 @@ impl Repo {
 
 pub fn run_git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> Result<String> {
     let mut cmd = Command::new("git");
+    // Fully buffered output: we read it all at the end, and `check-attr
+    // --stdin` otherwise flushes after every path (100 000 paths: 100 000
+    // writes and as many reads, a second of system time).
+    cmd.env("GIT_FLUSH", "0");
     cmd.arg("-C")
         .arg(dir)
         .args(args)
