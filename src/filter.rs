@@ -15,9 +15,10 @@
 //! it has it, so the data must already be durable (invariant I2).
 //!
 //! Smudge: the pointer's file is streamed out, every chunk verified first.
-//! When the data is not in the local store (or `LODE_SKIP_SMUDGE=1`), the
-//! pointer itself is written and a warning says how to get the data: a
-//! checkout never fails half-way for want of data.
+//! Data the local store lacks is fetched through [`Options::fetch`] (the
+//! remote). When that fails too (or with `LODE_SKIP_SMUDGE=1`), the pointer
+//! itself is written and a warning says how to get the data: a checkout
+//! never fails half-way for want of data.
 
 use std::io::{Read, Write};
 use std::path::Path;

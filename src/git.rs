@@ -180,7 +180,8 @@ impl Repo {
             .collect())
     }
 
-    fn resolve_tree(&self, rev: &str) -> Result<gix::Tree<'_>> {
+    /// The tree of a revision (a commit, tag or tree).
+    pub fn resolve_tree(&self, rev: &str) -> Result<gix::Tree<'_>> {
         let rev_err = |message: String| GitError::Rev {
             rev: rev.to_string(),
             message,

@@ -27,7 +27,7 @@ use lode_fuse::{Attr, Error, Kind, Snapshot};
 
 use crate::id::Id;
 use crate::index::Kind as RecordKind;
-use crate::pointer::{self, Pointer};
+use crate::pointer::Pointer;
 use crate::recipe::Recipe;
 use crate::remote::Remote;
 use crate::store::{Store, StoreError};
@@ -576,14 +576,8 @@ pub struct Tree {
 
 impl Tree {
     /// Read the tree of `rev`.
-    pub fn load(repo: &gix::Repository, rev: &str, sources: Arc<Sources>) -> Result<Tree, String> {
-        let id = repo
-            .rev_parse_single(rev)
-            .map_err(|e| format!("cannot resolve {rev:?}: {e}"))?;
-        let tree = id
-            .object()
-            .and_then(|o| o.peel_to_tree())
-            .map_err(|e| format!("{rev:?} has no tree: {e}"))?;
+    pub fn load(repo: &crate::git::Repo, rev: &str, sources: Arc<Sources>) -> Result<Tree, String> {
+        let tree = repo.resolve_tree(rev).map_err(|e| e.to_string())?;
         let mut recorder = gix::traverse::tree::Recorder::default();
         tree.traverse()
             .breadthfirst(&mut recorder)
@@ -606,21 +600,21 @@ impl Tree {
                 children.entry(path.clone()).or_default();
                 Some((dir, None))
             } else if entry.mode.is_blob() {
-                let header = repo
-                    .find_header(entry.oid)
-                    .map_err(|e| format!("reading {path}: {e}"))?;
                 let exec = entry.mode.is_executable();
-                let pointer = if header.size() as usize <= pointer::MAX_LEN {
-                    let blob = repo
-                        .find_object(entry.oid)
-                        .map_err(|e| format!("reading {path}: {e}"))?;
-                    Pointer::parse(&blob.data).ok()
-                } else {
-                    None
+                let pointer = repo
+                    .pointer_blob(entry.oid)
+                    .map_err(|e| format!("reading {path}: {e}"))?;
+                let size = match pointer {
+                    Some(p) => p.size,
+                    None => repo
+                        .repo
+                        .find_header(entry.oid)
+                        .map_err(|e| format!("reading {path}: {e}"))?
+                        .size(),
                 };
                 let attr = Attr {
                     kind: Kind::File,
-                    size: pointer.map_or(header.size(), |p| p.size),
+                    size,
                     executable: exec,
                 };
                 let node = match pointer {
@@ -646,7 +640,7 @@ impl Tree {
             nodes.insert(dir, Node::Dir(list));
         }
         Ok(Tree {
-            repo: repo.clone().into_sync(),
+            repo: repo.repo.clone().into_sync(),
             nodes,
             sources,
             streams: Mutex::new(HashMap::new()),

@@ -389,8 +389,9 @@ impl Inner {
         self.append_encoded(kind, id, codec, raw.len(), stored)
     }
 
-    /// Store a record fetched from elsewhere as it is (no recompression).
-    /// The caller has decoded and verified it: `stored` decodes with
+    /// Store an encoded record as it is (no recompression): one fetched
+    /// from elsewhere, or one just hashed and compressed here. The caller
+    /// has verified it: `stored` decodes with
     /// `codec` to `raw_len` bytes that hash to `id` (chunks) or decode as
     /// the recipe `id` (recipes). Returns whether it was new.
     pub fn insert_verified(
@@ -712,11 +713,11 @@ impl Inner {
         let mut out = Vec::with_capacity(prepared.len());
         for (id, bytes, encoded) in prepared {
             let new = match encoded {
-                Some((codec, stored)) if !self.contains(&id) => {
+                Some((codec, stored)) => {
                     let stored = stored.as_deref().unwrap_or(&bytes);
-                    self.append_encoded(Kind::Chunk, id, codec, bytes.len(), stored)?
+                    self.insert_verified(Kind::Chunk, id, codec, bytes.len(), stored)?
                 }
-                _ => false,
+                None => false,
             };
             progress(bytes.len() as u64);
             out.push((id, bytes.len() as u32, new));

@@ -16,9 +16,10 @@ use crate::store::Store;
 ///
 /// Works on the tracked files whose working copy is still a pointer (after
 /// a clone with LODE_SKIP_SMUDGE=1, or a checkout made while the data was
-/// not at hand). Files are written to a temporary name and renamed into
-/// place, every chunk verified first: an interrupted checkout leaves either
-/// the pointer or the whole file.
+/// not at hand). Data the local store lacks is fetched from the remote
+/// first, when one is set. Files are written to a temporary name and
+/// renamed into place, every chunk verified first: an interrupted checkout
+/// leaves either the pointer or the whole file.
 #[derive(Args)]
 pub struct CheckoutArgs {
     /// Limit to these files or directories (default: the whole tree).

@@ -9,8 +9,9 @@ use crate::statcache::StatCache;
 
 /// git's long-running clean/smudge filter. git starts it (config
 /// `filter.lode.process`, set by `lode init` and `lode install`) and talks
-/// to it over stdin/stdout. LODE_SKIP_SMUDGE=1 leaves pointers in the
-/// working tree on checkout (for `lode checkout` later, or `lode mount`).
+/// to it over stdin/stdout. On checkout, data not in the local store is
+/// fetched from the remote; LODE_SKIP_SMUDGE=1 leaves pointers in the
+/// working tree instead (for `lode checkout` later, or `lode mount`).
 #[derive(Args)]
 pub struct FilterArgs {}
 

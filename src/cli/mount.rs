@@ -147,7 +147,7 @@ pub fn mount(ctx: &Ctx, args: MountArgs) -> Result<Outcome> {
         return detach(ctx, &repo, &rev, &dir, &args);
     }
     let sources = Arc::new(sources(&repo, store, &args.cache)?);
-    let tree = Tree::load(&repo.repo, &rev, sources.clone()).map_err(anyhow::Error::msg)?;
+    let tree = Tree::load(&repo, &rev, sources.clone()).map_err(anyhow::Error::msg)?;
     if let Some(addr) = &args.metrics {
         let at = mount::serve_metrics(addr, sources.clone())
             .with_context(|| format!("serving metrics on {addr}"))?;
@@ -352,7 +352,7 @@ pub struct PrefetchArgs {
 pub fn prefetch(ctx: &Ctx, args: PrefetchArgs) -> Result<Outcome> {
     let (repo, store) = ctx.open()?;
     let sources = Arc::new(sources(&repo, store, &args.cache)?);
-    let tree = Tree::load(&repo.repo, &args.rev, sources.clone()).map_err(anyhow::Error::msg)?;
+    let tree = Tree::load(&repo, &args.rev, sources.clone()).map_err(anyhow::Error::msg)?;
     let files: Vec<_> = tree
         .lode_files()
         .into_iter()

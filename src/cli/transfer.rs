@@ -478,35 +478,31 @@ fn pre_push(ctx: &Ctx, args: &[String]) -> Result<Outcome> {
     if named_remote {
         exclude.push(format!("--remotes={remote_name}"));
     }
-    // What git sends, and every file in the pushed tips' trees (cheap to
-    // check against the remote's index): a remote-tracking ref says the
-    // git remote has a commit, not that the lode store has its data.
-    let mut files = repo.new_pointers(&include, &exclude)?;
-    // Gates first: a failing model stops the push before any data moves.
+    // What git sends (one `rev-list` per pushed ref, each gated on its
+    // own), and below every file in the pushed tips' trees (cheap to check
+    // against the remote's index): a remote-tracking ref says the git
+    // remote has a commit, not that the lode store has its data.
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let mut files = Vec::new();
     let mut gate_results = Vec::new();
-    for m in &moves {
-        let zero = |s: &str| s.bytes().all(|b| b == b'0');
-        if zero(&m.new) || !(m.name.starts_with("refs/heads/") || m.name.starts_with("refs/tags/"))
-        {
-            continue;
+    for m in moves.iter().filter(|m| !zero(&m.new)) {
+        let sent = repo.new_pointers(std::slice::from_ref(&m.new), &exclude)?;
+        // Gates first: a failing model stops the push before any data moves.
+        if m.name.starts_with("refs/heads/") || m.name.starts_with("refs/tags/") {
+            let theirs = (!zero(&m.old) && repo.has_object(&m.old)).then_some(m.old.as_str());
+            let judged: Vec<(String, crate::pointer::Pointer)> =
+                sent.iter().map(|t| (t.path.clone(), t.pointer)).collect();
+            gate_results.extend(super::gate::gate_push(
+                ctx,
+                &repo.workdir,
+                &repo.lode_dir,
+                &store,
+                &m.new,
+                theirs,
+                &judged,
+            )?);
         }
-        let theirs = (!zero(&m.old) && repo.has_object(&m.old)).then_some(m.old.as_str());
-        let mut not = exclude.clone();
-        not.extend(theirs.map(str::to_string));
-        let sent: Vec<(String, crate::pointer::Pointer)> = repo
-            .new_pointers(std::slice::from_ref(&m.new), &not)?
-            .into_iter()
-            .map(|t| (t.path, t.pointer))
-            .collect();
-        gate_results.extend(super::gate::gate_push(
-            ctx,
-            &repo.workdir,
-            &repo.lode_dir,
-            &store,
-            &m.new,
-            theirs,
-            &sent,
-        )?);
+        files.extend(sent);
     }
     for tip in &include {
         files.extend(repo.tracked_at(tip)?);

@@ -80,6 +80,19 @@ impl Env {
         c
     }
 
+    /// `lode clone SOURCE DEST` with LODE_SKIP_SMUDGE=1 (pointers only),
+    /// from this environment's temp directory; must succeed.
+    pub fn pointer_clone(&self, source: &Path, dest: &Path) {
+        let out = output(
+            self.cmd(LODE, self.tmp.path())
+                .arg("clone")
+                .arg(source)
+                .arg(dest)
+                .env("LODE_SKIP_SMUDGE", "1"),
+        );
+        assert!(out.status.success(), "lode clone: {}", stderr(&out));
+    }
+
     /// Give every later command this environment variable.
     pub fn set_var(&self, key: &str, value: &str) {
         self.vars

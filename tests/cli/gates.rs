@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{Env, LODE, stderr, stdout};
+use crate::common::{Env, stderr, stdout};
 
 /// A model whose eval reports `acc` and `loss` (stored in the file, so the
 /// eval script is honest and tiny), optionally with a NaN in its weights.
@@ -327,7 +327,6 @@ fn a_gate_that_times_out_or_crashes_fails_closed_and_bad_config_names_the_line()
         "{}",
         stderr(&out)
     );
-    let _ = LODE;
 }
 
 #[test]

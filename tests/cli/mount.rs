@@ -256,13 +256,7 @@ fn a_dataless_clone_mounts_and_fetches_lazily_from_s3_and_survives_the_server_go
     let b = Env::new();
     garage.configure(&b);
     let clone = b.tmp.path().join("b");
-    let out = b
-        .cmd(LODE, b.tmp.path())
-        .args(["clone", repo.to_str().unwrap(), clone.to_str().unwrap()])
-        .env("LODE_SKIP_SMUDGE", "1")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    b.pointer_clone(&repo, &clone);
     assert!(
         std::fs::metadata(clone.join("data/shard.bin"))
             .unwrap()

@@ -369,13 +369,7 @@ fn every_request_failing_in_turn_ends_right_or_with_a_clear_error() {
     let url = lode::remote::normalize_url(source.to_str().unwrap(), Path::new("/")).unwrap();
     let pointer_clone = |name: &str| {
         let clone = b.tmp.path().join(name);
-        let out = b
-            .cmd(LODE, b.tmp.path())
-            .args(["clone", repo.to_str().unwrap(), clone.to_str().unwrap()])
-            .env("LODE_SKIP_SMUDGE", "1")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+        b.pointer_clone(&repo, &clone);
         b.git_in(&clone, &["config", "lode.remote.url", &url]);
         clone
     };
